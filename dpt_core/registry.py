@@ -1,0 +1,30 @@
+"""The registry of known checkpoints (``checkpoints/registry.json``)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+REGISTRY_PATH = Path(__file__).resolve().parent.parent / "checkpoints" / "registry.json"
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    id: str  # checkpoint id: folder, hf-hub:..., or a .pth.tar
+    label: str  # what the UI shows
+    preset: str
+    method: str  # "biomed-dpt" or "biomedcoop"
+    protocol: str
+    shots: int
+
+
+@lru_cache(maxsize=1)
+def registry_entries() -> tuple[RegistryEntry, ...]:
+    raw = json.loads(REGISTRY_PATH.read_text(encoding="utf-8"))
+    return tuple(RegistryEntry(**e) for e in raw["checkpoints"])
+
+
+def entries_for(preset: str | None) -> list[RegistryEntry]:
+    """Registry entries of one preset (all when ``preset`` is None)."""
+    return [e for e in registry_entries() if preset is None or e.preset == preset]
