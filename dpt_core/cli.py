@@ -1,4 +1,4 @@
-"""Command line: ``python -m dpt_core predict | train | evaluate | import-dassl | push | write-backbone``.
+"""Command line: ``python -m dpt_core predict | train | evaluate | import-dassl | push | aggregate | write-backbone``.
 
 The flags and the ``--json`` outputs are a stable contract (see README).
 Errors are one line on stderr and exit status 1 (2 for usage errors).
@@ -101,8 +101,8 @@ def cmd_predict(args) -> int:
     from .predictor import Predictor
 
     ckpt = _checkpoint(args)
+    setup = _setup(args, ckpt)  # validate cheap arguments before loading a backbone
     backbone = _backbone(args, ckpt)
-    setup = _setup(args, ckpt)
     predictor = Predictor(backbone, setup.class_names, setup.templates, setup.descriptions,
                           template=setup.template, n_ctx=setup.n_ctx, checkpoint=ckpt)
     results = []
@@ -132,8 +132,8 @@ def cmd_train(args) -> int:
     from .workflow import evaluate_on, save_trained, train_prompts, zero_shot_model
 
     protocol = args.protocol.replace("-", "_")
-    backbone = _backbone(args)
     setup = _setup(args, None, protocol)
+    backbone = _backbone(args)
     class_names, records = _load_data(args, setup.class_names, "train")
     if args.preset and len(class_names) != len(setup.class_names):
         raise CLIError(f"the data has {len(class_names)} classes, preset {args.preset} has {len(setup.class_names)}")
@@ -167,7 +167,7 @@ def cmd_train(args) -> int:
         print("test: " + json.dumps(metrics), file=sys.stderr)
     out = save_trained(args.out, outcome, setup, config, metrics,
                        data_description=f"{len(data)} images ({args.shots} shots/class) from {Path(args.data).name}",
-                       protocol=protocol)
+                       protocol=protocol, training_extra={"shots": args.shots, "data": Path(args.data).name})
     print(str(out))
     return 0
 
@@ -232,8 +232,8 @@ def cmd_evaluate(args) -> int:
     from .workflow import zero_shot_model
 
     ckpt = _checkpoint(args)
-    backbone = _backbone(args, ckpt)
     setup = _setup(args, ckpt)
+    backbone = _backbone(args, ckpt)
     class_names, records = _load_data(args, setup.class_names, args.split)
     if [n.casefold() for n in class_names] != [n.casefold() for n in setup.class_names]:
         raise CLIError(f"the data's classes {class_names} do not match {setup.class_names}")
@@ -277,6 +277,19 @@ def cmd_push(args) -> int:
 
     read_folder(args.checkpoint)  # refuse to publish something that would not load
     print(push_folder(args.checkpoint, args.repo, token=args.token or os.environ.get("HF_TOKEN"), private=not args.public))
+    return 0
+
+
+def cmd_aggregate(args) -> int:
+    from .results import aggregate, render_markdown
+
+    result = aggregate(args.runs)
+    if not result["few_shot"] and not result["base2novel"]:
+        raise CLIError(f"no trained checkpoints with metrics under {args.runs}")
+    if args.json:
+        _print_json(result)
+    else:
+        sys.stdout.write(render_markdown(result))
     return 0
 
 
@@ -357,6 +370,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--token", help="default: $HF_TOKEN or the stored login")
     sp.add_argument("--public", action="store_true", help="create the repo public (default private)")
     sp.set_defaults(func=cmd_push)
+
+    sp = sub.add_parser("aggregate", help="paper-style tables from a folder of trained checkpoints")
+    sp.add_argument("runs")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_aggregate)
 
     sp = sub.add_parser("write-backbone", help="write a random-weight backbone in open_clip's local layout")
     sp.add_argument("--kind", choices=["tiny", "biomedclip-random"], default="tiny")

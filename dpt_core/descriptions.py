@@ -108,3 +108,21 @@ def resolve_descriptions(
     if overrides:
         by_key.update({class_key(k): list(v) for k, v in overrides.items()})
     return {c: list(by_key.get(class_key(c), [])) for c in class_names}
+
+
+MANIFEST = DESCRIPTIONS_DIR / "MANIFEST.json"
+
+
+def write_manifest() -> dict[str, str]:
+    """Recompute ``MANIFEST.json`` (sha256 per bank file) after editing a bank on purpose."""
+    hashes = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+              for p in sorted(DESCRIPTIONS_DIR.glob("*.json")) if p.name != MANIFEST.name}
+    doc = {"_comment": "sha256 of each description bank file; checkpoints record the hash of the bank "
+                       "that taught them. Update with: python -m dpt_core.descriptions",
+           "sha256": hashes}
+    MANIFEST.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    return hashes
+
+
+if __name__ == "__main__":
+    write_manifest()

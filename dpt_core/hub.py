@@ -49,6 +49,8 @@ def _explain(exc: Exception, what: str) -> HubError:
     text = str(exc).splitlines()[0] if str(exc) else ""
     if "Offline" in name or "offline" in text.lower():
         return HubError(f"{what}: the Hub is not reachable in offline mode (HF_HUB_OFFLINE is set)")
+    if "LocalEntryNotFound" in name:  # no connection and nothing in the local cache
+        return HubError(f"{what}: could not reach the Hugging Face Hub and it is not in the local cache")
     if "EntryNotFound" in name or "404" in text:
         return HubError(f"{what}: not found on the Hub")
     if "RepositoryNotFound" in name or "401" in text or "403" in text:

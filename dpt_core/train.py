@@ -8,7 +8,9 @@ Two modes share the loop, the loss and the schedule:
   prompts are fixed zeros), so the features of ``views`` augmented crops per
   image are computed once; each epoch uses view ``epoch % views`` of every
   image and a step runs only the text tower. Batches, schedule, loss and the
-  BERT dropout are those of the exact mode.
+  BERT dropout are those of the exact mode. With ``center_view`` the first view
+  is the plain centre crop, whose features the caller usually has already
+  (they feed the ranked teacher and the held-out check): one image pass less.
 
 Recipe (method.md section 5): SGD lr 0.0025, momentum 0.9, weight decay 5e-4,
 one warm-up epoch at a constant 1e-5, then cosine over the epochs; batch 4;
@@ -47,6 +49,7 @@ class TrainConfig:
     warmup_lr: float = 1e-5
     mode: str = "fast"  # "fast" (cached image features) or "exact" (fresh augmentation every step)
     views: int = 8  # fast mode: augmented crops cached per image
+    center_view: bool = False  # fast mode: view 0 is the un-augmented centre crop (saves one image pass)
     text_dropout: bool = True  # BERT dropout on during steps, as in the reference
     seed: int = 1
     loss_weights: LossWeights = field(default_factory=LossWeights)
@@ -94,8 +97,12 @@ def fit(
     config: TrainConfig = TrainConfig(),
     on_step: Callable[[StepInfo], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    eval_features: torch.Tensor | None = None,
 ) -> FitResult:
     """Train ``model.prompt_learner.ctx`` on ``data`` against ``teacher``.
+
+    ``eval_features``: centre-crop features of ``data`` if already computed
+    (used as view 0 when ``config.center_view``).
 
     Cooperative cancel: ``should_stop`` is polled before every step; when it
     fires, the context of the best completed epoch (lowest mean loss) is
@@ -123,7 +130,7 @@ def fit(
         if config.mode == "fast":
             t0 = time.perf_counter()
             try:
-                views = _cache_views(model, data, config.views, stop)  # [V, N, E]
+                views = _cache_views(model, data, config, stop, eval_features)  # [V, N, E]
             except InterruptedError:
                 return FitResult(history, True, time.perf_counter() - start, time.perf_counter() - t0)
             feature_seconds = time.perf_counter() - t0
@@ -171,10 +178,17 @@ def fit(
     return FitResult(history, stopped, time.perf_counter() - start, feature_seconds)
 
 
-def _cache_views(model: BiomedDPT, data: LabelledImages, n_views: int, stop: Callable[[], bool]) -> torch.Tensor:
-    """[V, N, E] normalised features: V RandomResizedCrop views of every image (same RNG as exact mode)."""
+def _cache_views(model: BiomedDPT, data: LabelledImages, config: TrainConfig, stop: Callable[[], bool],
+                 eval_features: torch.Tensor | None) -> torch.Tensor:
+    """[V, N, E] normalised features: RandomResizedCrop views of every image (+ the centre crop first)."""
     aug = train_transform(model.backbone)
-    return torch.stack([encode_images(model, data.images, aug, should_stop=stop) for _ in range(n_views)])
+    views = []
+    if config.center_view:
+        views.append(eval_features.to(model.device) if eval_features is not None
+                     else encode_images(model, data.images, eval_transform(model.backbone), should_stop=stop))
+    while len(views) < config.views:
+        views.append(encode_images(model, data.images, aug, should_stop=stop))
+    return torch.stack(views)
 
 
 def center_features(model: BiomedDPT, data: LabelledImages) -> torch.Tensor:

@@ -92,7 +92,8 @@ def train_prompts(
         train_features = encode_images(model, data.images, should_stop=should_stop)
     bank = build_prompt_bank(backbone, setup.class_names, setup.templates, setup.descriptions)
     teacher = build_teacher(bank, teacher_mode, train_features, data.labels, float(backbone.logit_scale()))
-    result = fit(model, data, teacher, config, on_step=on_step, should_stop=should_stop)
+    result = fit(model, data, teacher, config, on_step=on_step, should_stop=should_stop,
+                 eval_features=train_features)
     return TrainOutcome(model, teacher, result, train_features)
 
 
@@ -133,7 +134,9 @@ def save_trained(
     metrics: dict | None = None,
     data_description: str = "",
     protocol: str = "few_shot",
+    training_extra: dict | None = None,
 ) -> Path:
+    """Write the trained prompts as a checkpoint folder (config records data, settings, metrics)."""
     record, tensors = teacher_record(outcome.teacher)
     cfg = make_config(
         outcome.model,
@@ -143,7 +146,8 @@ def save_trained(
         training={**config.to_dict(), "protocol": protocol, "n_train_images": int(len(outcome.train_features)),
                   "stopped_early": outcome.fit.stopped, "epochs_completed": len(outcome.fit.history),
                   "fast_mode_note": "fast: image features of `views` RandomResizedCrop views cached once; "
-                                    "same batches, schedule, loss and BERT dropout as exact"},
+                                    "same batches, schedule, loss and BERT dropout as exact",
+                  **(training_extra or {})},
         metrics=metrics or {},
         data_description=data_description,
         extra={"descriptions_hash": descriptions_hash(setup.descriptions), "templates": list(setup.templates)},

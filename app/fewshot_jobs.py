@@ -1,0 +1,750 @@
+"""Few-shot adaptation without Gradio: upload checks, zip import, the training job, export.
+
+Everything here is plain Python over ``dpt_core`` (data flow B of the design); the tab in
+``app/fewshot_tab.py`` only wires it to components. ``FewShotError`` messages are written
+for the person in front of the UI: short, no stack trace, no server paths.
+
+Privacy: decoded images and their features exist only in memory while a training runs;
+files (zip imports, checkpoints, export zips) go under the session's folder, which the app
+deletes when the session ends. A checkpoint holds prompt tensors only (see ``tensor_names``).
+
+Defaults and rules, and why:
+
+- Held-out check: when every class has at least ``HELDOUT_MIN_PER_CLASS`` (4) images, a
+  quarter of each class (at least one image) is held out, never trained on, and both the
+  adapted and the zero-shot prompt are scored on it. Below 4 the held-out set would be one
+  image per class taken from three or fewer, which removes a third of the training data to
+  measure almost nothing; then everything is trained on and no accuracy is shown, because
+  accuracy on training images is not a test.
+- Training: fast mode (image features of ``views`` augmented crops cached once, so a step
+  runs only the text tower), the paper's batch 4 and learning rate, fewer epochs than the
+  paper's 100 so that 4 classes x 8 images take about a minute on a small CPU with the
+  full-size model (measured costs in ``DEFAULT_SETTINGS_NOTE``).
+- Image features are computed once with eval preprocessing for all images; the training
+  part is handed to ``train_prompts`` (the ranked teacher uses it) and the held-out part
+  serves both the adapted and the zero-shot check, so no image is encoded twice.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import shutil
+import threading
+import time
+import uuid
+import zipfile
+import zlib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Generic, Sequence, TypeVar
+
+import torch
+
+from dpt_core.backbone import Backbone
+from dpt_core.checkpoint import CheckpointError, read_folder, write_checkpoint
+from dpt_core.data import LabelledImages
+from dpt_core.descriptions import class_key
+from dpt_core.evaluate import Evaluation
+from dpt_core.features import encode_images
+from dpt_core.hub import HubError, push_folder
+from dpt_core.imageio import ImageLoadError, load_image
+from dpt_core.losses import LossWeights
+from dpt_core.predictor import check_class_names
+from dpt_core.teacher import TEACHER_MODES
+from dpt_core.train import StepInfo, TrainConfig
+from dpt_core.visual import LAYOUTS, VisualPromptConfig
+from dpt_core.workflow import ClassSetup, evaluate_on, holdout_split, save_trained, train_prompts, zero_shot_model
+
+log = logging.getLogger(__name__)
+
+HELDOUT_MIN_PER_CLASS = 4  # every class needs this many images for a held-out check
+HELDOUT_FRACTION = 0.25  # share of each class held out (at least one image)
+DEFAULT_EPOCHS = 20
+DEFAULT_VIEWS = 2
+DEFAULT_BATCH = 4  # the paper's batch size
+DEFAULT_LR = 0.0025  # the paper's learning rate
+DEFAULT_SETTINGS_NOTE = (
+    "Defaults: fast mode, 20 epochs, 2 augmented views per image, batch 4, lr 0.0025 (the paper's "
+    "batch and learning rate; 20 instead of 100 epochs). Full-size cost measured on a 2-core CPU: "
+    "about 0.8 s per image forward and 0.5 s per training step, so 4 classes x 8 images "
+    "(6 trained + 2 held out per class) cost about 32 + 48 image forwards and 120 steps."
+)
+_READ_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError, RuntimeError)
+_JUNK_NAMES = {"thumbs.db", "desktop.ini"}
+
+
+class FewShotError(ValueError):
+    """Bad input or a failed step; ``str(err)`` is safe to show in the UI as is."""
+
+
+class TrainingStopped(RuntimeError):
+    """The user stopped before anything was trained (nothing was saved)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Upload limits. The UI has one card per class, hence ``max_classes``."""
+
+    max_classes: int = 8  # class cards in the tab; every shipped preset has at most 8 classes
+    max_per_class: int = 32  # few-shot means few: more than 32 per class belongs in the CLI
+    max_total_bytes: int = 200 * 2**20  # all uploads (or the zip's uncompressed content) together
+    max_zip_members: int = 1024  # entries in a zip, folders included
+    max_zip_ratio: float = 100.0  # uncompressed / compressed size of one member: above is a zip bomb
+    zip_ratio_floor: int = 2**20  # members smaller than this cannot hurt, whatever their ratio
+
+
+LIMITS = Limits()
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.0f} MB" if n >= 2**20 else f"{n / 2**10:.0f} KB"
+
+
+def _bullets(items: Sequence[str], limit: int = 6) -> str:
+    shown = [f"- {s}" for s in items[:limit]]
+    if len(items) > limit:
+        shown.append(f"- ... and {len(items) - limit} more")
+    return "\n".join(shown)
+
+
+# --------------------------------------------------------------------------- classes and uploads
+
+def parse_class_names(text: str | None, limits: Limits = LIMITS) -> list[str]:
+    """Class names from a textbox: one per line (or comma-separated on a single line)."""
+    raw = (text or "").strip()
+    lines = raw.splitlines() if "\n" in raw else raw.split(",")
+    names = [ln.strip() for ln in lines if ln.strip()]
+    try:
+        names = check_class_names(names)
+    except ValueError as exc:
+        raise FewShotError(f"Classes: {exc}.") from None
+    if len(names) > limits.max_classes:
+        raise FewShotError(f"This tab takes at most {limits.max_classes} classes (one card each); got "
+                           f"{len(names)}. Use `python -m dpt_core train` for more.")
+    return names
+
+
+@dataclass
+class CardSummary:
+    """What a class card shows: small thumbnails and a count line."""
+
+    thumbnails: list[tuple[object, str]]  # (PIL image, caption)
+    n_images: int
+    problems: list[str]
+
+    def text(self, limits: Limits = LIMITS) -> str:
+        n = self.n_images
+        line = f"{n} image{'s' if n != 1 else ''}"
+        if n > limits.max_per_class:
+            line += f" - too many, at most {limits.max_per_class}"
+        if self.problems:
+            line += f"; {len(self.problems)} unreadable:\n" + _bullets(self.problems, 3)
+        return line
+
+
+def summarize_card(paths: Sequence[str] | None, thumb_px: int = 96) -> CardSummary:
+    """Decode each upload once for a thumbnail; unreadable files are listed, not raised."""
+    thumbs, problems = [], []
+    for p in paths or []:
+        try:
+            im = load_image(p).image
+        except ImageLoadError as err:
+            problems.append(str(err))
+            continue
+        im.thumbnail((thumb_px, thumb_px))
+        thumbs.append((im, Path(p).name))
+    return CardSummary(thumbs, len(thumbs), problems)
+
+
+def check_consent(consent: bool) -> None:
+    if not consent:
+        raise FewShotError("Please confirm that the images are de-identified and that you may use them "
+                           "(the checkbox above the Train button).")
+
+
+def load_class_images(class_names: Sequence[str], files_per_class: Sequence[Sequence[str] | None],
+                      limits: Limits = LIMITS) -> LabelledImages:
+    """Validate the uploads of every class and decode them (PNG/JPEG/TIFF/DICOM/...)."""
+    files = [list(f or []) for f in files_per_class] + [[]] * max(0, len(class_names) - len(files_per_class))
+    files = files[:len(class_names)]
+    missing = [n for n, f in zip(class_names, files) if not f]
+    if missing:
+        raise FewShotError("Every class needs at least one image. No image yet for: " + ", ".join(missing) + ".")
+    too_many = [f"{n} ({len(f)})" for n, f in zip(class_names, files) if len(f) > limits.max_per_class]
+    if too_many:
+        raise FewShotError(f"At most {limits.max_per_class} images per class; too many for: " + ", ".join(too_many) + ".")
+    total = sum(_size(p) for f in files for p in f)
+    if total > limits.max_total_bytes:
+        raise FewShotError(f"The uploads add up to {_mb(total)}; the limit is {_mb(limits.max_total_bytes)}.")
+    images, labels, problems = [], [], []
+    for label, (name, paths) in enumerate(zip(class_names, files)):
+        for p in paths:
+            try:
+                images.append(load_image(p).image)
+                labels.append(label)
+            except ImageLoadError as err:
+                problems.append(f"{name}: {err}")
+    if problems:
+        raise FewShotError("Some files are not images the app can read (PNG, JPEG, TIFF, BMP, WEBP, GIF or "
+                           "DICOM). Remove them and try again:\n" + _bullets(problems))
+    return LabelledImages(images, torch.tensor(labels, dtype=torch.long), list(class_names))
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0  # a vanished file is reported when it is decoded
+
+
+# --------------------------------------------------------------------------- zip import
+
+@dataclass
+class ZipImport:
+    """The images of a zip, sorted into the classes by folder name."""
+
+    class_names: list[str]
+    files: list[list[Path]]  # per class, in class order (extracted under the session folder)
+    unknown_folders: list[str]  # folders that match no class: their files are not used
+    ignored: list[str]  # files outside any folder, or system files
+
+    def report(self) -> str:
+        counts = ", ".join(f"{n}: {len(f)}" for n, f in zip(self.class_names, self.files))
+        lines = [f"Imported {sum(map(len, self.files))} images ({counts})."]
+        empty = [n for n, f in zip(self.class_names, self.files) if not f]
+        if empty:
+            lines.append("No folder for: " + ", ".join(empty) + " - add their images on the cards below.")
+        if self.unknown_folders:
+            lines.append("Folders that match no class were skipped: " + ", ".join(self.unknown_folders)
+                         + ". Folder names match class names after '_' -> space, ignoring case.")
+        if self.ignored:
+            lines.append(f"{len(self.ignored)} file(s) outside class folders were skipped.")
+        return "\n\n".join(lines)
+
+
+def import_zip(zip_path: str | Path, class_names: Sequence[str] | None, dest: str | Path,
+               limits: Limits = LIMITS) -> ZipImport:
+    """Check a zip with one folder per class, then decode and write its images under ``dest``.
+
+    Nothing is written before every entry has been checked: names (no absolute paths, no
+    ``..``, no links), count, total uncompressed size and per-member compression ratio (zip
+    bombs), encryption. Members are then read with a cap of their declared size, so a header
+    that lies about it cannot make us read more. With no ``class_names``, the folders are the
+    classes (sorted).
+    """
+    try:
+        zf = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError):
+        raise FewShotError("This is not a zip file the app can read.") from None
+    with zf:
+        infos = zf.infolist()
+        _check_zip_entries(infos, limits)
+        by_folder, ignored = _group_by_folder(infos)
+        names, folder_label, unknown = _match_folders(list(by_folder), class_names, limits)
+        files: list[list[Path]] = [[] for _ in names]
+        members = [(info, folder_label[folder]) for folder, items in by_folder.items()
+                   if folder in folder_label for info in items]
+        counts = [sum(1 for _, lab in members if lab == c) for c in range(len(names))]
+        too_many = [f"{n} ({k})" for n, k in zip(names, counts) if k > limits.max_per_class]
+        if too_many:
+            raise FewShotError(f"At most {limits.max_per_class} images per class; the zip has too many for: "
+                               + ", ".join(too_many) + ".")
+        out = Path(dest)
+        decoded = [(info, label, _read_image_member(zf, info)) for info, label in members]
+        for info, label, data in decoded:
+            folder = out / f"{label:02d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            target = folder / f"{len(files[label]):03d}_{_safe_name(info.filename)}"
+            target.write_bytes(data)
+            files[label].append(target)
+    return ZipImport(names, files, unknown, ignored)
+
+
+def _check_zip_entries(infos: Sequence[zipfile.ZipInfo], limits: Limits) -> None:
+    if len(infos) > limits.max_zip_members:
+        raise FewShotError(f"The zip has {len(infos)} entries; the limit is {limits.max_zip_members}.")
+    unsafe = [i.filename for i in infos if _unsafe_name(i.filename)]
+    if unsafe:
+        raise FewShotError("The zip was refused: it has entries that point outside its own folder "
+                           "(absolute paths or '..'): " + ", ".join(repr(u) for u in unsafe[:3]) + ".")
+    links = [i.filename for i in infos if (i.external_attr >> 16) & 0o170000 == 0o120000]
+    if links:
+        raise FewShotError("The zip was refused: it contains symbolic links (" + ", ".join(links[:3]) + ").")
+    if any(i.flag_bits & 0x1 for i in infos):
+        raise FewShotError("The zip is password-protected; please upload an unencrypted zip.")
+    total = sum(i.file_size for i in infos)
+    if total > limits.max_total_bytes:
+        raise FewShotError(f"The zip unpacks to {_mb(total)}; the limit is {_mb(limits.max_total_bytes)}.")
+    for i in infos:
+        if i.file_size >= limits.zip_ratio_floor and i.file_size > limits.max_zip_ratio * max(i.compress_size, 1):
+            raise FewShotError(f"The zip was refused: '{Path(i.filename).name}' would unpack to {_mb(i.file_size)} "
+                               f"from {_mb(i.compress_size)} (a 'zip bomb'). Images do not compress like that.")
+
+
+def _unsafe_name(name: str) -> bool:
+    n = name.replace("\\", "/")
+    return (n.startswith("/") or bool(re.match(r"^[A-Za-z]:", n)) or "\x00" in n
+            or any(part == ".." for part in n.split("/")))
+
+
+def _is_junk(parts: Sequence[str]) -> bool:
+    base = parts[-1]
+    return "__MACOSX" in parts or base.startswith(".") or base.lower() in _JUNK_NAMES
+
+
+def _group_by_folder(infos: Sequence[zipfile.ZipInfo]) -> tuple[dict[str, list[zipfile.ZipInfo]], list[str]]:
+    """Files by their immediate parent folder; files at the top level or system files are ignored."""
+    by_folder: dict[str, list[zipfile.ZipInfo]] = {}
+    ignored: list[str] = []
+    for info in infos:
+        if info.is_dir():
+            continue
+        parts = [p for p in info.filename.replace("\\", "/").split("/") if p]
+        if _is_junk(parts) or len(parts) < 2:
+            ignored.append(info.filename)
+            continue
+        by_folder.setdefault(parts[-2], []).append(info)
+    for items in by_folder.values():
+        items.sort(key=lambda i: i.filename)
+    return by_folder, ignored
+
+
+def _match_folders(folders: list[str], class_names: Sequence[str] | None,
+                   limits: Limits) -> tuple[list[str], dict[str, int], list[str]]:
+    """(class names, label of each matching folder, unknown folders)."""
+    if not folders:
+        raise FewShotError("The zip has no folders with images. Put each class's images in a folder named "
+                           "after the class, e.g. glioma_tumor/scan1.png.")
+    if not class_names:  # custom classes from the folders themselves
+        names = parse_class_names("\n".join(f.replace("_", " ") for f in sorted(folders)), limits)
+        return names, {f: i for i, f in enumerate(sorted(folders))}, []
+    by_key = {class_key(c): i for i, c in enumerate(class_names)}
+    label = {f: by_key[class_key(f)] for f in folders if class_key(f) in by_key}
+    unknown = sorted(f for f in folders if f not in label)
+    if not label:
+        raise FewShotError("No folder in the zip matches a class. Folders: " + ", ".join(sorted(folders)[:8])
+                           + "; classes: " + ", ".join(class_names) + ". Rename the folders, or choose "
+                           "'Custom classes' with an empty class list to take the folders as classes.")
+    return list(class_names), label, unknown
+
+
+def _read_image_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    name = Path(info.filename).name
+    try:
+        with zf.open(info) as fh:
+            data = fh.read(info.file_size + 1)  # never more than the directory promised
+    except _READ_ERRORS:
+        raise FewShotError(f"'{name}' in the zip is damaged and cannot be read.") from None
+    if len(data) != info.file_size:
+        raise FewShotError(f"'{name}' in the zip is not the size its directory says; the zip is damaged.")
+    try:
+        load_image(data)  # only images get in: decoded, not judged by extension
+    except ImageLoadError as err:
+        raise FewShotError(f"'{info.filename}' in the zip is not an image the app can read "
+                           f"({str(err).removeprefix('Could not read the image: ')}).") from None
+    return data
+
+
+def _safe_name(filename: str) -> str:
+    base = filename.replace("\\", "/").rsplit("/", 1)[-1]
+    return re.sub(r"[^\w.\-]+", "_", base)[-80:] or "image"
+
+
+# --------------------------------------------------------------------------- training settings
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What the Advanced accordion sets; ``from_setup`` gives the defaults for a class setup."""
+
+    epochs: int = DEFAULT_EPOCHS
+    views: int = DEFAULT_VIEWS
+    lr: float = DEFAULT_LR
+    batch_size: int = DEFAULT_BATCH
+    l1: float = 0.0
+    kl: float = 0.0
+    teacher: str = "mean"
+    layout: str = "reference"
+    seed: int = 1
+
+    @classmethod
+    def from_setup(cls, setup: ClassSetup, **overrides) -> "TrainSettings":
+        base = cls(l1=setup.loss_weights.l1, kl=setup.loss_weights.kl)
+        return replace(base, **overrides)
+
+    def checked(self) -> "TrainSettings":
+        """Coerced to the right types and checked; problems become one readable message."""
+        try:
+            s = replace(self, epochs=int(self.epochs), views=int(self.views), lr=float(self.lr),
+                        batch_size=int(self.batch_size), l1=float(self.l1), kl=float(self.kl), seed=int(self.seed))
+        except (TypeError, ValueError):
+            raise FewShotError("Advanced settings: every field needs a number.") from None
+        problems = []
+        if not 1 <= s.epochs <= 200:
+            problems.append("epochs must be between 1 and 200")
+        if not 1 <= s.views <= 16:
+            problems.append("views per image must be between 1 and 16")
+        if not 0 < s.lr <= 1 or not math.isfinite(s.lr):
+            problems.append("the learning rate must be above 0 and at most 1")
+        if s.l1 < 0 or s.kl < 0 or not (math.isfinite(s.l1) and math.isfinite(s.kl)):
+            problems.append("loss weights must be 0 or more")
+        if s.teacher not in TEACHER_MODES:
+            problems.append(f"teacher must be one of {', '.join(TEACHER_MODES)}")
+        if s.layout not in LAYOUTS:
+            problems.append(f"visual prompt layout must be one of {', '.join(LAYOUTS)}")
+        if problems:
+            raise FewShotError("Advanced settings: " + "; ".join(problems) + ".")
+        return s
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, mode="fast",
+                           views=self.views, seed=self.seed, loss_weights=LossWeights(self.l1, self.kl))
+
+    def visual(self) -> VisualPromptConfig:
+        return VisualPromptConfig(layout=self.layout)
+
+
+# --------------------------------------------------------------------------- the training run
+
+@dataclass
+class Status:
+    """A snapshot of a running job for the UI."""
+
+    phase: str  # waiting | encoding | views | training | checking | saving | done
+    text: str
+    fraction: float = 0.0  # of the training steps
+    epochs: list[dict] = field(default_factory=list)  # per completed epoch: epoch + mean loss parts
+    elapsed_s: float = 0.0
+
+
+Reporter = Callable[[Status], None]
+
+
+@dataclass
+class HeldOutCheck:
+    """Adapted vs zero-shot prompt on the same held-out images (never trained on)."""
+
+    n_images: int
+    per_class_counts: list[int]
+    adapted: Evaluation
+    zero_shot: Evaluation
+
+
+@dataclass
+class FewShotResult:
+    folder: Path
+    class_names: list[str]
+    preset: str | None
+    n_images: int
+    n_train: int
+    settings: TrainSettings
+    history: list[dict]
+    stopped: bool
+    check: HeldOutCheck | None
+    no_check_reason: str  # why there is no held-out check ("" when there is one)
+    timings: dict[str, float]
+    random_weights: bool
+
+    @property
+    def epochs_completed(self) -> int:
+        return len(self.history)
+
+
+def plan_holdout(labels: torch.Tensor, n_classes: int, seed: int = 0) -> tuple[list[int], list[int]] | None:
+    """(train idx, held-out idx) when every class has >= HELDOUT_MIN_PER_CLASS images, else None."""
+    counts = torch.bincount(labels, minlength=n_classes)
+    if int(counts.min()) < HELDOUT_MIN_PER_CLASS:
+        return None
+    return holdout_split(labels, HELDOUT_FRACTION, HELDOUT_MIN_PER_CLASS, seed)
+
+
+def no_check_reason(labels: torch.Tensor, class_names: Sequence[str]) -> str:
+    counts = torch.bincount(labels, minlength=len(class_names)).tolist()
+    fewest = min(range(len(counts)), key=counts.__getitem__)
+    return (f"No held-out check: that needs at least {HELDOUT_MIN_PER_CLASS} images in every class "
+            f"(fewest: {counts[fewest]} for '{class_names[fewest]}'). The prompt was trained on all "
+            f"{len(labels)} images. No accuracy is shown, because accuracy on the training images is not a test.")
+
+
+class _StepTracker:
+    """Turns fit's per-step callbacks into Status snapshots with per-epoch mean losses."""
+
+    def __init__(self, report: Reporter, start: float):
+        self.report, self.start = report, start
+        self.epochs: list[dict] = []
+        self._sums: dict[str, float] = {}
+
+    def __call__(self, info: StepInfo) -> None:
+        for k, v in info.loss.items():
+            self._sums[k] = self._sums.get(k, 0.0) + v
+        if info.step == info.steps_per_epoch - 1:
+            self.epochs.append({"epoch": info.epoch + 1, **{k: v / info.steps_per_epoch for k, v in self._sums.items()}})
+            self._sums = {}
+        done = info.epoch * info.steps_per_epoch + info.step + 1
+        total = info.epochs * info.steps_per_epoch
+        elapsed = time.perf_counter() - self.start
+        text = (f"Training: epoch {info.epoch + 1}/{info.epochs}, step {info.step + 1}/{info.steps_per_epoch} "
+                f"- loss {info.loss['total']:.3f} - {elapsed:.0f} s")
+        self.report(Status("training", text, done / total, list(self.epochs), elapsed))
+
+
+def run_fewshot(
+    backbone: Backbone,
+    setup: ClassSetup,
+    data: LabelledImages,
+    settings: TrainSettings,
+    out_dir: str | Path,
+    data_description: str = "",
+    report: Reporter | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> FewShotResult:
+    """Encode once, split, train, check against the zero-shot prompt, save the checkpoint."""
+    report = report or (lambda s: None)
+    stop = should_stop or (lambda: False)
+    settings = settings.checked()
+    start = time.perf_counter()
+    timings: dict[str, float] = {}
+    zero = zero_shot_model(backbone, setup, settings.visual())
+
+    report(Status("encoding", f"Encoding {len(data)} images...", elapsed_s=time.perf_counter() - start))
+    t = time.perf_counter()
+    try:
+        feats = encode_images(zero, data.images, should_stop=stop)  # [N, E], eval preprocessing, once
+    except InterruptedError:
+        raise TrainingStopped("Stopped before training started; nothing was saved.") from None
+    timings["encode_s"] = time.perf_counter() - t
+
+    split = plan_holdout(data.labels, len(setup.class_names), settings.seed)
+    train_idx, held_idx = split if split else (list(range(len(data))), [])
+    train = data.subset(train_idx)
+    report(Status("views", f"Preparing {settings.views} augmented view(s) of {len(train)} training images...",
+                  elapsed_s=time.perf_counter() - start))
+    t = time.perf_counter()
+    config = settings.train_config()
+    outcome = train_prompts(backbone, setup, train, config, settings.teacher, settings.visual(),
+                            on_step=_StepTracker(report, start), should_stop=stop, train_features=feats[train_idx])
+    timings["train_s"] = time.perf_counter() - t
+    timings["views_s"] = outcome.fit.feature_seconds
+
+    check = None
+    if held_idx:
+        report(Status("checking", "Held-out check...", 1.0, elapsed_s=time.perf_counter() - start))
+        t = time.perf_counter()
+        held_feats, held_labels = feats[held_idx], data.labels[held_idx]
+        check = HeldOutCheck(
+            n_images=len(held_idx),
+            per_class_counts=torch.bincount(held_labels, minlength=len(setup.class_names)).tolist(),
+            adapted=evaluate_on(outcome.model, held_feats, held_labels, outcome.teacher, config.loss_weights),
+            zero_shot=evaluate_on(zero, held_feats, held_labels, outcome.teacher, config.loss_weights),
+        )
+        timings["check_s"] = time.perf_counter() - t
+    reason = "" if check else no_check_reason(data.labels, setup.class_names)
+
+    report(Status("saving", "Saving the checkpoint...", 1.0, elapsed_s=time.perf_counter() - start))
+    folder = save_trained(out_dir, outcome, setup, config, _metrics(check, reason, outcome.fit.stopped, config),
+                          data_description=data_description.strip())
+    timings["total_s"] = time.perf_counter() - start
+    log.info("few-shot training: %d images, %d epochs, %.1f s (encode %.1f, train %.1f)", len(data),
+             len(outcome.fit.history), timings["total_s"], timings["encode_s"], timings["train_s"])
+    return FewShotResult(
+        folder=Path(folder), class_names=list(setup.class_names),
+        preset=setup.preset.name if setup.preset else None, n_images=len(data), n_train=len(train_idx),
+        settings=settings, history=list(outcome.fit.history), stopped=outcome.fit.stopped, check=check,
+        no_check_reason=reason, timings=timings, random_weights=bool(backbone.random_weights),
+    )
+
+
+def _metrics(check: HeldOutCheck | None, reason: str, stopped: bool, config: TrainConfig) -> dict:
+    """What the model card reports, with its caveats spelled out."""
+    caveat = ("Few-shot result from a handful of images uploaded in one session; not a clinical "
+              "validation. Accuracy on so few images changes by a large step with each image.")
+    if stopped:
+        caveat += " Training was stopped early; the best completed epoch (lowest mean loss) was kept."
+    if check is None:
+        return {"heldout_check": reason, "caveat": caveat}
+    return {
+        "heldout_images": check.n_images,
+        "heldout_rule": f"{HELDOUT_FRACTION:.0%} of each class (at least one image) held out when every class "
+                        f"has >= {HELDOUT_MIN_PER_CLASS} images",
+        "heldout_accuracy": round(check.adapted.accuracy, 4),
+        "zero_shot_heldout_accuracy": round(check.zero_shot.accuracy, 4),
+        "heldout_per_class": {k: (None if v is None else round(v, 4)) for k, v in check.adapted.per_class.items()},
+        "caveat": caveat,
+    }
+
+
+# --------------------------------------------------------------------------- jobs: thread, stop, one at a time
+
+T = TypeVar("T")
+
+
+class TrainingJob(Generic[T]):
+    """Runs ``work(report, should_stop)`` on a thread; the UI polls ``status`` and may ``stop()``.
+
+    Stopping is cooperative: the flag is polled by ``fit`` before every step (and between
+    feature batches), so the thread ends at a step boundary with the best state so far;
+    no thread is ever killed. With a ``lock``, the job first waits for it (one training
+    per process) and reports that it is waiting.
+    """
+
+    def __init__(self, work: Callable[[Reporter, Callable[[], bool]], T], lock: threading.Lock | None = None):
+        self._work, self._lock = work, lock
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._status_lock = threading.Lock()
+        self._status = Status("waiting", "Starting...")
+        self.result: T | None = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="fewshot-train", daemon=True)
+
+    def start(self) -> "TrainingJob[T]":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    @property
+    def status(self) -> Status:
+        with self._status_lock:
+            return self._status
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once the job has finished (result or error set)."""
+        return self._done.wait(timeout)
+
+    def _report(self, status: Status) -> None:
+        with self._status_lock:
+            self._status = status
+
+    def _run(self) -> None:
+        acquired = False
+        try:
+            if self._lock is not None:
+                acquired = self._acquire()
+                if not acquired:
+                    raise TrainingStopped("Stopped while waiting; nothing was trained.")
+            self.result = self._work(self._report, self._stop.is_set)
+        except BaseException as exc:  # noqa: BLE001 - handed to the UI thread, which words it
+            self.error = exc
+        finally:
+            if acquired:
+                self._lock.release()
+            self._done.set()
+
+    def _acquire(self) -> bool:
+        if self._lock.acquire(blocking=False):
+            return True
+        self._report(Status("waiting", "Waiting for another training to finish (one at a time)..."))
+        while not self._stop.is_set():
+            if self._lock.acquire(timeout=0.2):
+                return True
+        return False
+
+
+class JobRegistry:
+    """The running job of each session (keyed by Gradio's session hash), so Stop finds it."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, TrainingJob] = {}
+        self._lock = threading.Lock()
+
+    def add(self, key: str, job: TrainingJob) -> None:
+        with self._lock:
+            old = self._jobs.get(key)
+            if old is not None and not old.wait(0):
+                raise FewShotError("A training of this session is still running; stop it or wait for it.")
+            self._jobs[key] = job
+
+    def stop(self, key: str) -> bool:
+        """Ask the session's job to stop; False when there is none running."""
+        with self._lock:
+            job = self._jobs.get(key)
+        if job is None or job.wait(0):
+            return False
+        job.stop()
+        return True
+
+    def busy(self, key: str) -> bool:
+        """Whether this session has a job that has not finished."""
+        with self._lock:
+            job = self._jobs.get(key)
+        return job is not None and not job.wait(0)
+
+    def remove(self, key: str, job: TrainingJob) -> None:
+        with self._lock:
+            if self._jobs.get(key) is job:
+                del self._jobs[key]
+
+    def running(self) -> int:
+        with self._lock:
+            return sum(1 for j in self._jobs.values() if not j.wait(0))
+
+
+JOBS = JobRegistry()
+
+
+# --------------------------------------------------------------------------- export
+
+def new_checkpoint_dir(session_dir: str | Path, preset: str | None) -> Path:
+    """A fresh folder name under the session's folder (not created)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path(session_dir) / "fewshot" / f"biomed-dpt-{preset or 'custom'}-{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+def zip_checkpoint(folder: str | Path, dest: str | Path | None = None) -> Path:
+    """The checkpoint folder as ``<folder name>.zip`` (next to it unless ``dest``), files inside ``<name>/``."""
+    folder = Path(folder)
+    dest = Path(dest) if dest else folder.with_suffix(".zip")
+    with zipfile.ZipFile(dest, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(folder.iterdir()):
+            if path.is_file():
+                zf.write(path, f"{folder.name}/{path.name}")
+    return dest
+
+
+def set_data_description(folder: str | Path, text: str) -> None:
+    """Rewrite config.json and the model card with a new training-data description."""
+    try:
+        ckpt = read_folder(folder)
+    except CheckpointError as exc:
+        raise FewShotError(f"The checkpoint cannot be read any more ({exc}).") from None
+    ckpt.config["data_description"] = (text or "").strip()
+    write_checkpoint(ckpt, folder)
+
+
+def tensor_names(folder: str | Path) -> dict[str, list[int]]:
+    """Tensor names and shapes in a checkpoint's prompts.safetensors (what leaves the session)."""
+    return {k: list(v.shape) for k, v in read_folder(folder).tensors.items()}
+
+
+def push_checkpoint(folder: str | Path, repo_id: str, token: str | None, private: bool = True) -> str:
+    """Upload the folder with its model card; returns the repo URL. The token is never stored or logged."""
+    repo_id = (repo_id or "").strip()
+    if not token:
+        raise FewShotError("Pushing needs a Hugging Face token with write access (or log in on Spaces).")
+    if not re.fullmatch(r"[\w.\-]+/[\w.\-]+", repo_id):
+        raise FewShotError("Name the repository as ORG/NAME, e.g. your-name/biomed-dpt-btmri.")
+    try:
+        return push_folder(folder, repo_id, token=token, private=private)
+    except HubError as exc:
+        raise FewShotError(f"Push failed: {exc}.") from None
+
+
+def clear_dir(path: str | Path) -> None:
+    """Remove a folder of this session (old zip imports); missing is fine."""
+    shutil.rmtree(path, ignore_errors=True)
+
+
+__all__ = [
+    "FewShotError", "TrainingStopped", "Limits", "LIMITS", "parse_class_names", "CardSummary", "summarize_card",
+    "check_consent", "load_class_images", "ZipImport", "import_zip", "TrainSettings", "Status", "HeldOutCheck",
+    "FewShotResult", "plan_holdout", "run_fewshot", "TrainingJob", "JobRegistry", "JOBS", "new_checkpoint_dir",
+    "zip_checkpoint", "set_data_description", "tensor_names", "push_checkpoint", "clear_dir",
+    "HELDOUT_MIN_PER_CLASS", "HELDOUT_FRACTION", "DEFAULT_SETTINGS_NOTE",
+]

@@ -1,0 +1,147 @@
+"""The demo's page (notice, banner, tabs) and the command line that launches it with privacy defaults.
+
+``build_demo`` builds no model: the backbone loads lazily in ``Services`` (``main``
+loads it before launching, so the first visitor does not wait and a fallback
+banner is known up front).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from typing import Any, Sequence
+
+import gradio as gr
+
+from dpt_core.backbone import BackboneError
+
+from . import formatting as fmt
+from .predict_tab import EXAMPLES_DIR, PredictHandles, checkpoint_choices, create_predict_tab
+from .services import Services
+from .session import cleanup_session_state, new_session_state
+
+log = logging.getLogger(__name__)
+
+TITLE = "Biomed-DPT: prompt-tuned BiomedCLIP demo"
+# Every CACHE_LIFETIME[0] s, Gradio deletes the files (uploads, outputs) older than CACHE_LIFETIME[1] s.
+CACHE_LIFETIME = (600, 1800)
+MAX_FILE_SIZE = "100mb"
+
+NOTICE_HTML = (
+    '<div role="note" style="border:2px solid #b91c1c;border-radius:8px;padding:8px 12px;'
+    'background:#fef2f2;color:#7f1d1d;font-weight:600">'
+    "Research demo — not a medical device, not for diagnosis. "
+    '<span style="font-weight:400">Outputs are scores of a vision-language model, not findings. '
+    "Uploads stay in this server's temporary cache for at most 30 minutes and are not used for anything else; "
+    "do not upload images that identify a patient.</span></div>"
+)
+
+
+def banner_html(services: Services) -> str:
+    """The persistent warning banner (random weights, fallback backbone), or nothing."""
+    text = services.banner
+    if not text:
+        return ""
+    return ('<div role="alert" style="border:2px solid #b45309;border-radius:8px;padding:8px 12px;'
+            f'background:#fffbeb;color:#78350f;font-weight:600">⚠️ {fmt.escape(text)}</div>')
+
+
+def build_demo(services: Services) -> gr.Blocks:
+    """The whole page: notice, banner, Predict and Few-shot tabs sharing one session state."""
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=CACHE_LIFETIME) as demo:
+        gr.Markdown(f"## {TITLE}")
+        gr.HTML(NOTICE_HTML, elem_id="notice")
+        gr.HTML(banner_html(services), elem_id="banner")  # the backbone is loaded once: the banner is fixed
+        session = gr.State(new_session_state, delete_callback=cleanup_session_state)
+        with gr.Tabs() as tabs:
+            with gr.Tab("Predict", id="predict") as predict_tab:
+                handles = create_predict_tab(services, session)
+            with gr.Tab("Few-shot adaptation", id="fewshot"):
+                _fewshot_tab(services, session, handles, tabs)
+        # Checkpoints trained on the other tab appear when coming back (choices only; the value stays).
+        predict_tab.select(lambda p, s: gr.update(choices=checkpoint_choices(p, s)),
+                           [handles.preset, session], [handles.checkpoint], api_visibility="private")
+        demo.unload(_unload_cleanup(demo, session))
+    return demo
+
+
+def _fewshot_tab(services: Services, session: gr.State, handles: PredictHandles, tabs: gr.Tabs) -> None:
+    try:
+        from app.fewshot_tab import create_fewshot_tab
+    except ModuleNotFoundError as exc:  # only while that tab is not written yet
+        if exc.name != "app.fewshot_tab":
+            raise
+        gr.Markdown("Few-shot adaptation is not available in this build.")
+        return
+    create_fewshot_tab(services, session, handles, tabs)
+
+
+def _unload_cleanup(demo: gr.Blocks, session: gr.State):
+    """Delete the session folder as soon as the tab closes.
+
+    The State's delete_callback does the same, but Gradio runs it only up to an
+    hour after the tab closed; unload events get no inputs, so the session's state
+    is looked up through the request's session hash (best effort: the delete
+    callback and the exit handler remain as fallbacks).
+    """
+
+    def cleanup(request: gr.Request) -> None:
+        try:
+            data = demo.state_holder.session_data.get(request.session_hash)
+            value = data.state_data.get(session._id) if data is not None else None
+        except AttributeError:  # Gradio internals moved: the fallbacks still clean up
+            return
+        cleanup_session_state(value)
+
+    return cleanup
+
+
+def launch_options() -> dict[str, Any]:
+    """Privacy defaults for ``launch``: no run history, no share link, bounded uploads."""
+    return {
+        "run_history": False,
+        "share": False,
+        "show_error": False,  # unexpected errors show a generic message; ours are gr.Error anyway
+        "max_file_size": MAX_FILE_SIZE,
+        "allowed_paths": [str(EXAMPLES_DIR)],  # the examples gallery serves these files
+        "footer_links": ["api", "gradio", "settings"],
+    }
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=TITLE)
+    p.add_argument("--backbone", default=None,
+                   help="backbone spec: hf-hub:ORG/REPO, local-dir:PATH or tiny "
+                        "(default: $DPT_BACKBONE, else BiomedCLIP from the Hub)")
+    p.add_argument("--device", default=None, help="torch device (default: CUDA when present, else CPU)")
+    p.add_argument("--host", default=None, help="address to listen on (default: $GRADIO_SERVER_NAME, else 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT, else 7860 or the next free)")
+    p.add_argument("--share", action="store_true", help="create a public gradio.live link (off by default)")
+    p.add_argument("--allow-local-checkpoints", action="store_true",
+                   help="let users type local checkpoint folders (only for a private, local deployment)")
+    p.add_argument("--log-level", default=os.environ.get("DPT_LOG_LEVEL", "INFO"))
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("GRADIO_FLAGGING_MODE", "never")  # Blocks do not flag; belt and braces
+    if args.allow_local_checkpoints:
+        from .predict_tab import ALLOW_LOCAL_ENV
+
+        os.environ[ALLOW_LOCAL_ENV] = "1"
+    services = Services(args.backbone, device=args.device)
+    try:
+        backbone = services.backbone  # load now: the first visitor should not wait, the banner is known
+    except BackboneError as exc:
+        log.error("%s", exc)
+        raise SystemExit(2) from None
+    log.info("backbone %s on %s", backbone.spec, backbone.device)
+    if services.banner:
+        log.warning("%s", services.banner)
+    demo = build_demo(services)
+    demo.queue(default_concurrency_limit=2)
+    options = launch_options()
+    options["share"] = bool(args.share)
+    demo.launch(server_name=args.host, server_port=args.port, theme=gr.themes.Soft(), **options)

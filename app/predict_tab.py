@@ -1,0 +1,582 @@
+"""The Predict tab: one scan -> prediction, per-source probabilities, prompt contributions, attention.
+
+Layout and event wiring live in ``create_predict_tab``; the handlers are methods
+of ``PredictController`` (plain Python over ``Services``), so tests call them
+without a browser. Every handler turns the errors users can cause into a
+``gr.Error`` with a readable message; anything unexpected is logged (type only,
+details at DEBUG: exception texts of decoders can quote file contents) and
+shown as a generic message, never as a stack trace.
+
+Public API endpoints (``/predict``, ``/explain``) are separate, simply-typed
+functions on hidden components, so ``gradio_client`` can call them with an
+image file and a preset name and nothing else; the UI's own events are private.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
+
+import gradio as gr
+import pandas as pd
+from PIL import Image
+
+from dpt_core.descriptions import DescriptionsError, validate_descriptions
+from dpt_core.explain import Explanation, overlay
+from dpt_core.imageio import LoadedImage, load_image
+from dpt_core.modality import header_mismatch
+from dpt_core.predictor import MAX_CLASSES, check_class_names
+from dpt_core.presets import ASSETS_DIR, list_presets, load_preset
+from dpt_core.registry import entries_for
+from dpt_core.workflow import ClassSetup
+
+from . import formatting as fmt
+from .services import CUSTOM, Services
+from .session import trained_checkpoints
+
+log = logging.getLogger(__name__)
+
+ZERO_SHOT = "zero-shot"  # checkpoint dropdown value: the preset's clinical template, no checkpoint
+PREDICTED = "__predicted__"  # attention target dropdown value: the predicted class
+DEFAULT_PRESET = "btmri"
+DEFAULT_ALPHA = 0.45
+EXAMPLES_DIR = ASSETS_DIR / "examples"
+# Typed local folders as checkpoint ids read the server's disk: off unless the operator allows it.
+ALLOW_LOCAL_ENV = "DPT_ALLOW_LOCAL_CHECKPOINTS"
+FileValue = str | None
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+# ---------------------------------------------------------------------- errors
+
+def user_errors(action: str) -> Callable[[F], F]:
+    """Expected errors -> gr.Error with their message; unexpected ones -> a generic gr.Error."""
+
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def inner(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the one place where everything becomes a message
+                message = fmt.friendly_error(exc)
+                if message is None:
+                    log.error("%s failed: %s", action, type(exc).__name__)
+                    log.debug("%s failed", action, exc_info=True)
+                    message = f"Something went wrong while trying to {action}; the error was logged."
+                raise gr.Error(message, print_exception=False) from None
+
+        return inner  # type: ignore[return-value]
+
+    return wrap
+
+
+# ---------------------------------------------------------------------- choices
+
+def preset_choices() -> list[tuple[str, str]]:
+    return [(f"{load_preset(n).title} ({n})", n) for n in list_presets()] + [("Custom classes", CUSTOM)]
+
+
+def checkpoint_choices(preset: str | None, state: dict | None) -> list[tuple[str, str]]:
+    """Zero-shot, the registry's checkpoints of the preset, then this session's trained ones."""
+    out = [("Zero-shot (clinical template)", ZERO_SHOT)]
+    if preset and preset != CUSTOM:
+        out += [(f"{e.label} (downloaded from the Hub)", e.id) for e in entries_for(preset)]
+    out += [(f"{label} (trained in this session)", path) for label, path in trained_checkpoints(state).items()]
+    return out
+
+
+def checkpoint_update(preset: str | None, state: dict | None, value: str | None = None) -> dict:
+    """gr.update for the checkpoint dropdown; the Few-shot tab calls it with its new folder as ``value``."""
+    return gr.update(choices=checkpoint_choices(preset, state), value=value or ZERO_SHOT)
+
+
+def preset_markdown(preset: str | None) -> str:
+    if not preset or preset == CUSTOM:
+        return ("Custom classes: prompt template `a photo of a {}.`; edit the class names below "
+                "(at least two).")
+    p = load_preset(preset)
+    return (f"**{fmt.escape(p.title)}** — {fmt.escape(p.modality)}, {fmt.escape(p.organ)}. "
+            f"Clinical template: `{p.template}` · {len(p.templates)} templates in the ensemble.")
+
+
+def load_examples() -> list[dict[str, Any]]:
+    path = EXAMPLES_DIR / "examples.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        log.warning("no usable examples.json; the examples gallery is empty")
+        return []
+
+
+def examples_markdown(examples: list[dict[str, Any]]) -> str:
+    rows = ["| Example | Modality | Source | Licence |", "|---|---|---|---|"]
+    for e in examples:
+        cells = [e.get("title", ""), e.get("modality", ""), e.get("source", ""), e.get("licence", "")]
+        rows.append("| " + " | ".join(fmt.escape(c).replace("|", "/") for c in cells) + " |")
+    return ("Demonstration inputs only: none is from the presets' datasets and the output on them "
+            "has no diagnostic meaning.\n\n" + "\n".join(rows))
+
+
+def parse_classes_text(text: str | None) -> list[str] | None:
+    """API ``classes``: a JSON list, one name per line, or comma-separated; None/blank -> the preset's."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    if text.startswith("["):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"classes: not a valid JSON list ({exc.msg})") from None
+        if not isinstance(value, list):
+            raise ValueError("classes: expected a JSON list of names")
+        return [str(v) for v in value]
+    parts = text.splitlines() if "\n" in text else text.split(",")
+    return [p.strip() for p in parts if p.strip()]
+
+
+def parse_descriptions_text(text: str | None) -> dict[str, list[str]] | None:
+    """API ``descriptions``: a JSON object {class: [sentences]}; None/blank -> the preset's bank."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DescriptionsError(f"descriptions: not valid JSON ({exc.msg})") from None
+    return validate_descriptions(raw, source="descriptions")
+
+
+# ---------------------------------------------------------------------- handlers
+
+@dataclass
+class Request:
+    """Everything one prediction needs, resolved and validated."""
+
+    loaded: LoadedImage
+    setup: ClassSetup
+    checkpoint: str | None
+
+
+class PredictController:
+    """The Predict tab's logic over ``Services``: every method is one event handler."""
+
+    def __init__(self, services: Services):
+        self.services = services
+
+    # -------------------------------------------------------------- resolving inputs
+    @staticmethod
+    def load(path: FileValue, frame: float | int | None = None) -> LoadedImage:
+        if not path:
+            raise ValueError("upload a scan first (PNG, JPEG, TIFF or DICOM)")
+        return load_image(path, None if frame is None else int(frame))
+
+    def setup_from_table(self, preset: str | None, table: Any) -> ClassSetup:
+        rows = fmt.table_rows(table)
+        if len(rows) > MAX_CLASSES:
+            raise ValueError(f"at most {MAX_CLASSES} classes are supported, got {len(rows)}")
+        names = check_class_names([name for name, _ in rows])  # duplicates, empties, counts
+        descriptions = validate_descriptions(dict(rows), source="the class table")
+        return self.services.setup(preset, names, descriptions)
+
+    def checkpoint_id(self, value: str | None, state: dict | None) -> str | None:
+        """The dropdown's value as a checkpoint id (None = zero-shot); refuses ids that read local disk."""
+        value = (value or "").strip()
+        if not value or value == ZERO_SHOT:
+            return None
+        trained = trained_checkpoints(state)
+        if value in trained:  # a typed label
+            return trained[value]
+        if value in trained.values() or value.startswith("hf-hub:"):
+            return value
+        if any(e.id == value for e in entries_for(None)):
+            return value
+        if os.environ.get(ALLOW_LOCAL_ENV, "").strip().lower() in ("1", "true", "yes"):
+            return value
+        raise ValueError("a checkpoint must be 'hf-hub:ORG/REPO[/SUBFOLDER][@REVISION]', a registry entry or "
+                         "one trained in this session")
+
+    def resolve(self, path: FileValue, frame: Any, preset: str | None, checkpoint: str | None,
+                table: Any, state: dict | None) -> Request:
+        setup = self.setup_from_table(preset, table)
+        ckpt = self.checkpoint_id(checkpoint, state)
+        return Request(self.load(path, frame), setup, ckpt)
+
+    # -------------------------------------------------------------- image input
+    @user_errors("read the image")
+    def on_upload(self, path: FileValue) -> tuple:
+        """New file: frame slider (only for several frames, at the middle one), preview, summary; old results cleared."""
+        cleared = self.cleared_results()
+        if not path:
+            return (gr.update(visible=False, value=0), None, "", *cleared)
+        loaded = self.load(path)
+        slider = gr.update(visible=loaded.n_frames > 1, minimum=0, maximum=max(1, loaded.n_frames - 1),
+                           value=loaded.frame, step=1)
+        return (slider, loaded.image, fmt.image_summary(loaded), *cleared)
+
+    @user_errors("read that frame")
+    def on_frame(self, path: FileValue, frame: float) -> tuple[Image.Image | None, str]:
+        if not path:
+            return None, ""
+        loaded = self.load(path, frame)
+        return loaded.image, fmt.image_summary(loaded)
+
+    @staticmethod
+    def cleared_results() -> tuple:
+        """Label, sources, modality note, plot, contributions table, overlay, caption, states."""
+        return (None, None, "", None, None, None, "", None, None)
+
+    def on_example(self, examples: list[dict[str, Any]], preset: str | None, evt: gr.SelectData) -> tuple[str, str | None]:
+        """A gallery click: its DICOM original when there is one, and its suggested preset."""
+        example = examples[int(evt.index)]
+        file = example.get("dicom") or example["file"]
+        return str(EXAMPLES_DIR / file), example.get("suggested_preset") or preset
+
+    # -------------------------------------------------------------- classes
+    def on_preset(self, preset: str | None, state: dict | None, table: Any, checkpoint: str | None = None) -> tuple:
+        """Preset changed: its classes and descriptions, its checkpoints, its description.
+
+        A checkpoint trained in this session stays selected (the Few-shot tab sets the
+        preset and the checkpoint together); anything else goes back to zero-shot.
+        """
+        new_table = self.preset_table(preset, table)
+        names = fmt.class_choices(new_table)
+        keep = checkpoint if checkpoint in trained_checkpoints(state).values() else None
+        return (new_table, checkpoint_update(preset, state, keep), preset_markdown(preset),
+                gr.update(choices=names, value=names[0] if names else None))
+
+    def preset_table(self, preset: str | None, current: Any = None) -> pd.DataFrame:
+        if not preset or preset == CUSTOM:
+            # Custom classes start from what is in the table (edit from there), or two blank rows.
+            rows = fmt.table_rows(current) if current is not None else []
+            if rows:
+                return pd.DataFrame([[n, fmt.SEPARATOR.join(s)] for n, s in rows], columns=fmt.TABLE_HEADERS)
+            return pd.DataFrame([["", ""], ["", ""]], columns=fmt.TABLE_HEADERS)
+        setup = self.services.setup(preset)
+        return fmt.class_table(setup.class_names, setup.descriptions)
+
+    @user_errors("reset the classes")
+    def on_reset(self, preset: str | None) -> tuple:
+        table = self.preset_table(preset, None)
+        names = fmt.class_choices(table)
+        return table, gr.update(choices=names, value=names[0] if names else None)
+
+    @staticmethod
+    def on_table_edit(table: Any, current: str | None) -> dict:
+        """Keep the class pickers in step with the table."""
+        names = fmt.class_choices(table)
+        return gr.update(choices=names, value=current if current in names else (names[0] if names else None))
+
+    @user_errors("generate descriptions")
+    def on_generate(self, preset: str | None, table: Any, class_name: str | None, backend: str,
+                    n: float, token: str | None, model: str | None) -> tuple[pd.DataFrame, str]:
+        if not class_name:
+            raise ValueError("choose the class to describe")
+        setup = self.setup_from_table(preset, table)
+        if class_name not in setup.class_names:
+            raise ValueError(f"{class_name!r} is not in the class table")
+        result = self.services.generate_descriptions(setup, class_name, backend, int(n), token, model)
+        new_table = fmt.replace_descriptions(table, class_name, result.sentences)
+        note = f"{len(result.sentences)} sentences for **{fmt.escape(class_name)}**. {fmt.escape(result.note)}"
+        return new_table, note
+
+    @user_errors("load the checkpoint")
+    def on_checkpoint(self, checkpoint: str | None, preset: str | None, table: Any, state: dict | None) -> Any:
+        """Load a newly chosen checkpoint now (a clear message early, e.g. offline); a checkpoint trained
+        on other classes brings its classes into the table."""
+        ckpt_id = self.checkpoint_id(checkpoint, state)
+        if ckpt_id is None:
+            return gr.update()
+        ckpt = self.services.load_checkpoint(ckpt_id, None if preset == CUSTOM else preset)
+        if any(e.id == ckpt_id for e in entries_for(None)):
+            return gr.update()  # registry checkpoints are made for the preset's classes
+        current = [n for n, _ in fmt.table_rows(table)]
+        if [c.casefold() for c in current] == [c.casefold() for c in ckpt.class_names]:
+            return gr.update()
+        setup = self.services.setup(ckpt.preset, ckpt.class_names, dict(fmt.table_rows(table)) or None)
+        gr.Info("The class table now holds the checkpoint's classes.")
+        return fmt.class_table(setup.class_names, setup.descriptions)
+
+    # -------------------------------------------------------------- prediction
+    def run_predict(self, req: Request):
+        predictor = self.services.predictor(req.setup, req.checkpoint)
+        expected = req.setup.preset.modality if req.setup.preset else None
+        outcome = self.services.predict(predictor, req.loaded.image, expected)
+        header = header_mismatch(req.loaded.meta.get("modality"), expected)
+        return outcome, header
+
+    @user_errors("predict")
+    def on_predict(self, path: FileValue, frame: Any, preset: str | None, checkpoint: str | None,
+                   table: Any, state: dict | None) -> tuple:
+        req = self.resolve(path, frame, preset, checkpoint, table, state)
+        outcome, header = self.run_predict(req)
+        pred, check = outcome.prediction, outcome.modality
+        for note in (header, check.message if check.mismatch else None):
+            if note:
+                gr.Warning(fmt.escape(note))
+        state_value = fmt.prediction_state(pred)
+        rows = fmt.contribution_rows(state_value["prompts"], pred.prediction)
+        modality_md = fmt.modality_markdown(check, header)
+        note = fmt.sources_note(pred)
+        return (
+            fmt.label_value(pred),
+            fmt.sources_frame(pred),
+            modality_md + (f"\n\n{note}" if note else ""),
+            gr.update(choices=pred.class_names, value=pred.prediction),
+            fmt.contributions_plot_frame(rows),
+            fmt.contributions_table_frame(rows),
+            gr.update(choices=[("Predicted class", PREDICTED)] + [(c, c) for c in pred.class_names], value=PREDICTED),
+            state_value,
+        )
+
+    @staticmethod
+    def on_contrib_class(class_name: str | None, state_value: dict | None) -> tuple:
+        if not state_value or not class_name:
+            return None, None
+        rows = fmt.contribution_rows(state_value["prompts"], class_name)
+        return fmt.contributions_plot_frame(rows), fmt.contributions_table_frame(rows)
+
+    # -------------------------------------------------------------- attention
+    def run_explain(self, req: Request, method: str, target: str | None, phrase: str | None) -> Explanation:
+        predictor = self.services.predictor(req.setup, req.checkpoint)
+        target_class = None if not target or target == PREDICTED else target
+        return self.services.explain(predictor, req.loaded.image, method, target_class, phrase)
+
+    @user_errors("compute the attention map")
+    def on_explain(self, path: FileValue, frame: Any, preset: str | None, checkpoint: str | None,
+                   table: Any, state: dict | None, method: str, target: str | None, phrase: str | None,
+                   alpha: float) -> tuple[Image.Image, str, Explanation]:
+        req = self.resolve(path, frame, preset, checkpoint, table, state)
+        expl = self.run_explain(req, method, target, phrase)
+        return overlay(expl, float(alpha)), fmt.explanation_caption(expl), expl
+
+    @staticmethod
+    def on_alpha(alpha: float, expl: Explanation | None) -> Any:
+        """Re-blend the last map at a new opacity (no recomputation)."""
+        return overlay(expl, float(alpha)) if expl is not None else gr.update()
+
+    # -------------------------------------------------------------- public API (gradio_client)
+    def _api_request(self, image: str | None, preset: str | None, checkpoint: str | None, classes: str | None,
+                     descriptions: str | None, frame: float | None) -> Request:
+        preset = (preset or "").strip().lower() or None
+        if preset and preset != CUSTOM and preset not in list_presets():
+            raise ValueError(f"unknown preset {preset!r}; known presets: {', '.join(list_presets())}, custom")
+        setup = self.services.setup(preset, parse_classes_text(classes), parse_descriptions_text(descriptions))
+        return Request(self.load(image, None if frame is None or frame < 0 else frame), setup,
+                       self.checkpoint_id(checkpoint, None))
+
+    @user_errors("predict")
+    def api_predict(
+        self,
+        image: str,
+        preset: str,
+        checkpoint: str | None = None,
+        classes: str | None = None,
+        descriptions: str | None = None,
+        frame: float | None = None,
+    ) -> tuple[dict[str, float], dict[str, Any]]:
+        """Classify one scan (PNG, JPEG, TIFF or DICOM) with a modality preset.
+
+        Args:
+            image: the scan file.
+            preset: a preset name (btmri, busi, chmnist, covid, ctkidney, dermamnist, kneexray, kvasir, lungcolon, octmnist, retina) or "custom".
+            checkpoint: "" or "zero-shot" for the clinical template, else an hf-hub: checkpoint id.
+            classes: "" for the preset's classes, else a JSON list or one name per line (or comma-separated).
+            descriptions: "" for the shipped bank, else a JSON object {class: [sentences]}.
+            frame: frame of a multi-frame file (0-based); empty or negative for the middle one.
+        Returns:
+            The label with confidences, and the details: probabilities per prompt source, top prompt contributions, modality check, image info.
+        """
+        req = self._api_request(image, preset, checkpoint, classes, descriptions, frame)
+        outcome, header = self.run_predict(req)
+        details = fmt.prediction_details(outcome.prediction, outcome.modality, req.loaded, req.checkpoint, header)
+        return fmt.label_value(outcome.prediction), details
+
+    @user_errors("compute the attention map")
+    def api_explain(
+        self,
+        image: str,
+        preset: str,
+        target: str | None = None,
+        method: str | None = "gradcam",
+        alpha: float | None = DEFAULT_ALPHA,
+        checkpoint: str | None = None,
+        classes: str | None = None,
+        descriptions: str | None = None,
+        frame: float | None = None,
+    ) -> tuple[Image.Image, dict[str, Any]]:
+        """Attention overlay of one scan (model attention, not lesion localisation).
+
+        Args:
+            image: the scan file.
+            preset: a preset name or "custom".
+            target: "" for the predicted class, a class name, or any phrase (Grad-CAM towards its text feature).
+            method: "gradcam" or "rollout".
+            alpha: overlay opacity in [0, 1].
+            checkpoint: as for /predict.
+            classes: as for /predict.
+            descriptions: as for /predict.
+            frame: as for /predict.
+        Returns:
+            The overlay image and a description of the map.
+        """
+        req = self._api_request(image, preset, checkpoint, classes, descriptions, frame)
+        target = " ".join((target or "").split())
+        by_key = {c.casefold(): c for c in req.setup.class_names}
+        target_class, phrase = (by_key[target.casefold()], None) if target.casefold() in by_key else (None, target)
+        expl = self.run_explain(req, (method or "gradcam").strip().lower(), target_class, phrase)
+        return overlay(expl, DEFAULT_ALPHA if alpha is None else float(alpha)), fmt.explanation_info(expl)
+
+
+# ---------------------------------------------------------------------- layout
+
+@dataclass
+class PredictHandles:
+    """What other tabs may wire to."""
+
+    image: gr.File
+    preset: gr.Dropdown
+    checkpoint: gr.Dropdown
+    table: gr.Dataframe
+    frame: gr.Slider
+    session: gr.State
+    controller: PredictController
+    # (preset, session state, value=None) -> gr.update for ``checkpoint``; the Few-shot tab uses it.
+    checkpoint_update: Callable[..., dict] = checkpoint_update
+
+
+def create_predict_tab(services: Services, session: gr.State) -> PredictHandles:
+    """Build the tab's components inside the current ``gr.Tab`` and wire its events."""
+    ctl = PredictController(services)
+    examples = load_examples()
+
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5):
+            image = gr.File(label="Scan (PNG, JPEG, TIFF or DICOM, with or without .dcm)", file_count="single",
+                            type="filepath", height=110, elem_id="scan-file")
+            frame = gr.Slider(0, 1, value=0, step=1, label="Frame (multi-frame files)", visible=False)
+            preview = gr.Image(label="Decoded image", type="pil", interactive=False, height=300, format="png",
+                               buttons=[])
+            image_info = gr.Markdown(elem_id="image-info")
+            with gr.Accordion("Examples (with sources and licences)", open=True):
+                gallery = gr.Gallery(value=[(str(EXAMPLES_DIR / e["file"]), e["title"]) for e in examples],
+                                     columns=4, height=180, allow_preview=False, show_label=False,
+                                     object_fit="cover", interactive=False, buttons=[])
+                with gr.Accordion("Sources and licences", open=False):
+                    gr.Markdown(examples_markdown(examples))
+        with gr.Column(scale=7):
+            preset = gr.Dropdown(preset_choices(), value=DEFAULT_PRESET, label="Modality preset")
+            preset_info = gr.Markdown(preset_markdown(DEFAULT_PRESET))
+            checkpoint = gr.Dropdown(checkpoint_choices(DEFAULT_PRESET, None), value=ZERO_SHOT,
+                                     allow_custom_value=True, label="Prompt checkpoint",
+                                     info="Registry checkpoints need the network; any hf-hub: id can be typed.")
+            table = gr.Dataframe(
+                value=ctl.preset_table(DEFAULT_PRESET),
+                headers=fmt.TABLE_HEADERS, datatype="str", interactive=True, wrap=True,
+                column_widths=["24%", "76%"], max_height=330,
+                label="Classes and expert descriptions (edit cells; right-click a row to add or delete one)",
+                elem_id="class-table",
+            )
+            with gr.Row():
+                predict_btn = gr.Button("Predict", variant="primary", elem_id="predict-btn")
+                reset_btn = gr.Button("Reset to preset", variant="secondary")
+            with gr.Accordion("Generate descriptions for a class", open=False):
+                with gr.Row():
+                    gen_class = gr.Dropdown([], label="Class", allow_custom_value=True)
+                    gen_backend = gr.Radio([("Shipped bank (offline)", "retrieval"),
+                                            ("HF Inference", "hf-inference"), ("Local model", "local")],
+                                           value="retrieval", label="Source")
+                    gen_n = gr.Slider(1, 30, value=10, step=1, label="Sentences")
+                with gr.Row():
+                    gen_model = gr.Textbox(label="Model id (HF Inference or local)", placeholder="default LLM")
+                    gen_token = gr.Textbox(label="HF token (used for this request only, never stored)",
+                                           type="password", placeholder="or set HF_TOKEN on the server")
+                gen_btn = gr.Button("Generate descriptions")
+                gen_note = gr.Markdown()
+
+    gr.Markdown("### Prediction")
+    with gr.Row(equal_height=False):
+        label = gr.Label(label="Prediction (learned prompt)", num_top_classes=10, elem_id="prediction-label")
+        sources = gr.Dataframe(label="Probability by prompt source", interactive=False, wrap=True)
+    modality_md = gr.Markdown(elem_id="modality-check")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            contrib_class = gr.Dropdown([], label="Prompt contributions for class", allow_custom_value=True)
+            contrib_plot = gr.BarPlot(x="prompt", y="contribution", color="source", sort="-y",
+                                      x_label_angle=-35, height=320, label="Top prompt contributions",
+                                      x_title="prompt", y_title="weight × τ × cosine")
+        with gr.Column(scale=4):
+            contrib_table = gr.Dataframe(label="Contributions (weight × τ × cosine with the image)",
+                                         interactive=False, wrap=True, max_height=400)
+
+    gr.Markdown("### Attention overlay — model attention, not lesion localisation")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=4):
+            method = gr.Radio([("Grad-CAM", "gradcam"), ("Attention rollout", "rollout")], value="gradcam",
+                              label="Method")
+            target = gr.Dropdown([("Predicted class", PREDICTED)], value=PREDICTED, allow_custom_value=True,
+                                 label="Grad-CAM target class")
+            phrase = gr.Textbox(label="…or a phrase (Grad-CAM towards this text instead)", max_lines=1)
+            alpha = gr.Slider(0.0, 1.0, value=DEFAULT_ALPHA, step=0.05, label="Overlay opacity")
+            explain_btn = gr.Button("Show attention", elem_id="explain-btn")
+        with gr.Column(scale=5):
+            overlay_img = gr.Image(label="Model attention, not lesion localisation", type="pil", format="png",
+                                   interactive=False, height=360, elem_id="overlay")
+            caption = gr.Markdown()
+
+    examples_state = gr.State(examples)
+    pred_state = gr.State(None)
+    expl_state = gr.State(None)
+    results = [label, sources, modality_md, contrib_plot, contrib_table, overlay_img, caption, pred_state, expl_state]
+    private = {"api_visibility": "private"}
+
+    image.change(ctl.on_upload, [image], [frame, preview, image_info, *results], **private)
+    frame.release(ctl.on_frame, [image, frame], [preview, image_info], **private)
+    gallery.select(ctl.on_example, [examples_state, preset], [image, preset], **private)
+    preset.change(ctl.on_preset, [preset, session, table, checkpoint], [table, checkpoint, preset_info, gen_class],
+                  **private)
+    checkpoint.change(ctl.on_checkpoint, [checkpoint, preset, table, session], [table], **private)
+    reset_btn.click(ctl.on_reset, [preset], [table, gen_class], **private)
+    table.change(ctl.on_table_edit, [table, gen_class], [gen_class], show_progress="hidden", **private)
+    gen_btn.click(ctl.on_generate, [preset, table, gen_class, gen_backend, gen_n, gen_token, gen_model],
+                  [table, gen_note], **private)
+    inputs = [image, frame, preset, checkpoint, table, session]
+    predict_btn.click(ctl.on_predict, inputs,
+                      [label, sources, modality_md, contrib_class, contrib_plot, contrib_table, target, pred_state],
+                      concurrency_id="model", concurrency_limit=4, **private)
+    contrib_class.change(ctl.on_contrib_class, [contrib_class, pred_state], [contrib_plot, contrib_table], **private)
+    explain_btn.click(ctl.on_explain, [*inputs, method, target, phrase, alpha], [overlay_img, caption, expl_state],
+                      concurrency_id="model", **private)
+    alpha.release(ctl.on_alpha, [alpha, expl_state], [overlay_img], **private)
+
+    _api_endpoints(ctl)
+    return PredictHandles(image, preset, checkpoint, table, frame, session, ctl)
+
+
+def _api_endpoints(ctl: PredictController) -> None:
+    """Hidden components carrying the public, simply-typed /predict and /explain endpoints."""
+    with gr.Column(visible=False):
+        image = gr.File(label="image", type="filepath")
+        preset = gr.Textbox(label="preset", value=None)
+        checkpoint = gr.Textbox(label="checkpoint", value=None)
+        classes = gr.Textbox(label="classes", value=None)
+        descriptions = gr.Textbox(label="descriptions", value=None)
+        frame = gr.Number(label="frame", value=None, precision=0)
+        target = gr.Textbox(label="target", value=None)
+        method = gr.Textbox(label="method", value="gradcam")
+        alpha = gr.Number(label="alpha", value=DEFAULT_ALPHA)
+        label = gr.Label(label="prediction")
+        details = gr.JSON(label="details")
+        overlay_img = gr.Image(label="overlay", type="pil", format="png")
+        info = gr.JSON(label="explanation")
+        predict_btn = gr.Button("api predict")
+        explain_btn = gr.Button("api explain")
+    predict_btn.click(ctl.api_predict, [image, preset, checkpoint, classes, descriptions, frame], [label, details],
+                      api_name="predict", concurrency_id="model")
+    explain_btn.click(ctl.api_explain, [image, preset, target, method, alpha, checkpoint, classes, descriptions, frame],
+                      [overlay_img, info], api_name="explain", concurrency_id="model")

@@ -1,0 +1,314 @@
+"""The bridge between the Gradio tabs and ``dpt_core``: one object per process, no gradio here.
+
+``Services`` owns the process-wide, read-only backbone (loaded lazily, once), a
+small LRU of predictors (text features are the expensive part, so one predictor
+per combination of classes, descriptions and checkpoint), a cache of loaded
+checkpoints and the lock that keeps few-shot training to one run at a time.
+Per-user data never lives here: it is in ``gr.State`` (see ``app.session``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Hashable, Mapping, Sequence, TypeVar
+
+from PIL import Image
+
+from dpt_core.backbone import DEFAULT_BACKBONE, Backbone, BackboneError, load_backbone
+from dpt_core.checkpoint import PromptCheckpoint, check_backbone, load_checkpoint
+from dpt_core.describe import (
+    DEFAULT_HF_MODEL,
+    GenerationError,
+    GenerationRequest,
+    GenerationResult,
+    make_generator,
+)
+from dpt_core.descriptions import load_bank
+from dpt_core.explain import Explanation, attention_rollout, gradcam
+from dpt_core.modality import ModalityCheck, check_modality
+from dpt_core.predictor import Prediction, Predictor
+from dpt_core.presets import list_presets
+from dpt_core.prompt_bank import encode_cached
+from dpt_core.registry import entries_for
+from dpt_core.workflow import ClassSetup, setup_classes
+
+from . import gpu
+
+log = logging.getLogger(__name__)
+
+TINY_SPEC = "tiny"
+CUSTOM = "custom"  # the preset dropdown's "my own classes" choice
+RANDOM_WEIGHTS_BANNER = (
+    "Random weights: the backbone '{spec}' is not a trained model, so every prediction, "
+    "contribution and attention map shown here is meaningless."
+)
+FALLBACK_BANNER = (
+    "The default BiomedCLIP backbone could not be loaded ({reason}); the app runs on the "
+    "'tiny' test backbone instead. "
+)
+GENERATOR_BACKENDS = ("retrieval", "hf-inference", "local")
+EXPLAIN_METHODS = ("gradcam", "rollout")
+
+T = TypeVar("T")
+
+
+class _LRU:
+    """A small thread-safe LRU cache; each missing key is built once even when asked for concurrently."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._items: OrderedDict[Hashable, object] = OrderedDict()
+        self._building: dict[Hashable, threading.Lock] = {}
+        self._lock = threading.Lock()  # guards the two dicts only, never held while building
+
+    def get_or_build(self, key: Hashable, build: Callable[[], T]) -> T:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]  # type: ignore[return-value]
+            key_lock = self._building.setdefault(key, threading.Lock())
+        # Two users asking for the same new predictor wait for one build (prompt encoding is
+        # seconds on CPU); other keys, cached or not, are not blocked by a slow Hub download.
+        with key_lock:
+            with self._lock:
+                if key in self._items:
+                    return self._items[key]  # type: ignore[return-value]
+            try:
+                value = build()
+            except BaseException:  # propagate, cache nothing: a retry builds again
+                with self._lock:
+                    self._building.pop(key, None)
+                raise
+            with self._lock:
+                self._items[key] = value
+                self._building.pop(key, None)
+                while len(self._items) > self.size:
+                    self._items.popitem(last=False)
+            return value
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@dataclass
+class PredictOutcome:
+    prediction: Prediction
+    modality: ModalityCheck
+
+
+class Services:
+    """Everything the tabs need from ``dpt_core``, behind plain Python calls."""
+
+    def __init__(
+        self,
+        backbone: str | Backbone | None = None,
+        device: str | None = None,
+        predictor_cache: int = 8,
+        checkpoint_cache: int = 16,
+    ):
+        if isinstance(backbone, Backbone):
+            self._backbone: Backbone | None = backbone
+            self.spec = backbone.spec
+        else:
+            self._backbone = None
+            self.spec = backbone or os.environ.get("DPT_BACKBONE") or DEFAULT_BACKBONE
+        self.device = device  # None: CUDA when present (dpt_core.backbone.default_device)
+        self._fallback_reason: str | None = None
+        self._load_lock = threading.Lock()
+        self._predictors = _LRU(predictor_cache)
+        self._checkpoints = _LRU(checkpoint_cache)
+        self._generators = _LRU(1)  # a local LLM is large: keep one
+        self.train_lock = threading.Lock()  # the Few-shot tab: one training at a time per process
+
+    # ------------------------------------------------------------------ backbone
+    @property
+    def backbone(self) -> Backbone:
+        """The frozen backbone, loaded on first use; the default falls back to ``tiny`` when unreachable."""
+        if self._backbone is None:
+            with self._load_lock:
+                if self._backbone is None:
+                    self._backbone = self._load()
+        return self._backbone
+
+    def _load(self) -> Backbone:
+        try:
+            return load_backbone(self.spec, self.device)
+        except BackboneError as exc:
+            if self.spec != DEFAULT_BACKBONE:
+                raise  # an explicit choice that fails is the user's to fix, not to paper over
+            self._fallback_reason = _short_reason(exc)
+            log.warning("default backbone unavailable (%s); falling back to %r", self._fallback_reason, TINY_SPEC)
+            return load_backbone(TINY_SPEC, self.device)
+
+    @property
+    def loaded(self) -> bool:
+        return self._backbone is not None
+
+    @property
+    def banner(self) -> str | None:
+        """A warning to show on every page while it holds (random weights, fallback), else None."""
+        backbone = self.backbone
+        text = ""
+        if self._fallback_reason:
+            text += FALLBACK_BANNER.format(reason=self._fallback_reason)
+        if backbone.random_weights:
+            text += RANDOM_WEIGHTS_BANNER.format(spec=backbone.spec)
+        return text or None
+
+    # ------------------------------------------------------------------ classes and predictors
+    def setup(
+        self,
+        preset_name: str | None,
+        class_names: Sequence[str] | None = None,
+        descriptions: Mapping[str, Sequence[str]] | None = None,
+    ) -> ClassSetup:
+        """Class setup from a preset (or ``custom``/None) with optional class and description overrides.
+
+        Raises ValueError (unknown preset, bad class list) and DescriptionsError.
+        """
+        preset = None if not preset_name or preset_name == CUSTOM else preset_name
+        if preset is None and not class_names:
+            raise ValueError("custom classes: add at least two class names to the table")
+        return setup_classes(preset, class_names or None, descriptions)
+
+    def predictor(self, setup: ClassSetup, checkpoint_id: str | None = None) -> Predictor:
+        """The predictor of this combination (cached); ``checkpoint_id`` None means zero-shot."""
+        checkpoint_id = (checkpoint_id or "").strip() or None
+        preset = setup.preset.name if setup.preset else None
+        key = (
+            self.backbone.spec,
+            tuple(setup.class_names),
+            setup.template,
+            setup.n_ctx,
+            tuple(setup.templates),
+            tuple((c, tuple(setup.descriptions.get(c, ()))) for c in setup.class_names),
+            checkpoint_id,
+        )
+
+        def build() -> Predictor:
+            ckpt = self.load_checkpoint(checkpoint_id, preset) if checkpoint_id else None
+            log.info("building predictor: %d classes, checkpoint %s", len(setup.class_names), checkpoint_id or "none")
+            return Predictor(self.backbone, setup.class_names, setup.templates, setup.descriptions,
+                             template=setup.template, n_ctx=setup.n_ctx, checkpoint=ckpt)
+
+        return self._predictors.get_or_build(key, build)
+
+    def load_checkpoint(self, checkpoint_id: str, preset: str | None = None) -> PromptCheckpoint:
+        """A checkpoint by id (folder, ``hf-hub:...``, ``.pth.tar``), checked against the backbone; cached.
+
+        Registry entries say which method made a Dassl file (BiomedCoOp or Biomed-DPT).
+        Raises CheckpointError or HubError (not cached, so a retry after a network hiccup works).
+        """
+        checkpoint_id = checkpoint_id.strip()
+        entry = next((e for e in entries_for(None) if e.id == checkpoint_id), None)
+        preset = entry.preset if entry is not None else preset
+        method = entry.method if entry is not None else None
+
+        def build() -> PromptCheckpoint:
+            ckpt = load_checkpoint(checkpoint_id, preset=preset, method=method)
+            check_backbone(ckpt, self.backbone)
+            return ckpt
+
+        return self._checkpoints.get_or_build((checkpoint_id, preset, method), build)
+
+    # ------------------------------------------------------------------ model calls
+    def predict(self, predictor: Predictor, image: Image.Image, expected_modality: str | None) -> PredictOutcome:
+        """Prediction of one image plus the zero-shot modality check on the same image feature."""
+        prediction, check = _predict_on_device(predictor, image, expected_modality)
+        return PredictOutcome(prediction, check)
+
+    def explain(
+        self,
+        predictor: Predictor,
+        image: Image.Image,
+        method: str = "gradcam",
+        target_class: str | None = None,
+        phrase: str | None = None,
+    ) -> Explanation:
+        """Grad-CAM towards a class's learned prompt (default: the predicted class) or a typed phrase; or rollout."""
+        if method not in EXPLAIN_METHODS:
+            raise ValueError(f"unknown explanation method {method!r}; use one of {', '.join(EXPLAIN_METHODS)}")
+        phrase = " ".join((phrase or "").split())
+        if method == "rollout":
+            return _explain_on_device(predictor, image, None, "")
+        if phrase:
+            return _explain_on_device(predictor, image, encode_cached(self.backbone, [phrase])[0], phrase)
+        if target_class:
+            if target_class not in predictor.class_names:
+                raise ValueError(f"unknown class {target_class!r}; choose one of the current classes")
+            name = target_class
+        else:
+            name = self.predict(predictor, image, None).prediction.prediction
+        text = predictor.text_features[predictor.class_names.index(name)]  # the learned prompt of that class
+        return _explain_on_device(predictor, image, text, name)
+
+    # ------------------------------------------------------------------ descriptions
+    def generate_descriptions(
+        self,
+        setup: ClassSetup,
+        class_name: str,
+        backend: str = "retrieval",
+        n: int = 10,
+        token: str | None = None,
+        model: str | None = None,
+    ) -> GenerationResult:
+        """Expert descriptions for one class. Raises GenerationError (and ValueError for bad arguments)."""
+        if backend not in GENERATOR_BACKENDS:
+            raise ValueError(f"unknown description backend {backend!r}")
+        p = setup.preset
+        request = GenerationRequest(
+            class_name=class_name,
+            modality=p.modality if p else "medical imaging",
+            organ=p.organ if p else "",
+            n=int(n),
+            other_classes=tuple(c for c in setup.class_names if c != class_name),
+        )
+        if backend == "retrieval":
+            return self._retrieval(p.name if p else None).generate(request)
+        if backend == "hf-inference":
+            # A fresh generator per call: the token is used for this request and never kept.
+            generator = make_generator("hf-inference", model=(model or "").strip() or DEFAULT_HF_MODEL,
+                                       token=(token or "").strip() or None)
+            return generator.generate(request)
+        model = (model or "").strip()
+        if not model:
+            raise GenerationError("Name a local model: a folder with transformers weights or a Hub model id.")
+        generator = self._generators.get_or_build(model, lambda: make_generator("local", model=model))
+        return generator.generate(request)
+
+    def _retrieval(self, preset: str | None):
+        # The chosen preset's bank first (exact and nearest matches prefer it), then every other bank.
+        bank: dict[str, list[str]] = {}
+        for name in ([preset] if preset else []) + list_presets():
+            for cls, sentences in load_bank(name).items():
+                bank.setdefault(cls, sentences)
+        # With random weights an embedding match is noise; word overlap is at least honest.
+        embed = None if self.backbone.random_weights else (lambda texts: encode_cached(self.backbone, texts))
+        return make_generator("retrieval", bank=bank, embed=embed)
+
+
+# ---------------------------------------------------------------------- device work (ZeroGPU)
+
+@gpu
+def _predict_on_device(predictor: Predictor, image: Image.Image,
+                       expected_modality: str | None) -> tuple[Prediction, ModalityCheck]:
+    feats = predictor.image_features([image])  # [1, E], normalised
+    prediction = predictor.predict_features(feats)[0]
+    check = check_modality(predictor.backbone, feats[0], expected_modality)
+    return prediction, check
+
+
+@gpu
+def _explain_on_device(predictor: Predictor, image: Image.Image, text_feature, target: str) -> Explanation:
+    if text_feature is None:
+        return attention_rollout(predictor.model, image)
+    return gradcam(predictor.model, image, text_feature, target=target)
+
+
+def _short_reason(exc: Exception) -> str:
+    """The first clause of a BackboneError, short enough for a banner."""
+    text = str(exc).split(". ")[0]
+    return text if len(text) <= 200 else text[:197] + "..."

@@ -1,0 +1,491 @@
+"""Predict tab handlers without a browser: bad inputs give clear messages, happy paths work. Tiny backbone, offline."""
+from __future__ import annotations
+
+import json
+import logging
+import struct
+import subprocess
+import sys
+import threading
+import uuid
+import zlib
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from app import formatting as fmt
+from app.main import banner_html, build_demo
+from app.predict_tab import PREDICTED, ZERO_SHOT, PredictController, checkpoint_choices
+from app.services import Services
+from app.session import add_trained, cleanup_session_state, new_session_state, session_dir
+from dpt_core import modality
+from dpt_core.backbone import DEFAULT_BACKBONE, BackboneError
+from dpt_core.checkpoint import make_config, save_checkpoint
+from dpt_core.model import BiomedDPT
+from dpt_core.registry import entries_for
+
+REPO = Path(__file__).resolve().parent.parent
+SECRET_NAME = "Doe^Jane^Secretname"
+SECRET_ID = "PID-SECRET-4711"
+
+
+# ---------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def services(tiny) -> Services:
+    return Services(tiny)
+
+
+@pytest.fixture(scope="module")
+def ctl(services) -> PredictController:
+    return PredictController(services)
+
+
+@pytest.fixture(scope="module")
+def btmri_table(ctl) -> pd.DataFrame:
+    return ctl.preset_table("btmri")
+
+
+@pytest.fixture(scope="module")
+def ct_path() -> str:
+    from pydicom.data import get_testdata_file
+
+    return get_testdata_file("CT_small.dcm")
+
+
+def write_dicom(path: Path, frames: int = 1, pixels: bool = True, size: int = 32) -> Path:
+    """A small uncompressed DICOM with a patient name and id that must never show up anywhere."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.PatientName = SECRET_NAME
+    ds.PatientID = SECRET_ID
+    ds.Modality = "MR"
+    ds.BodyPartExamined = "BRAIN"
+    ds.Rows = ds.Columns = size
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    if pixels:
+        arr = np.stack([np.full((size, size), 20 + 40 * f, dtype=np.uint8) for f in range(frames)])
+        arr[:, size // 4: size // 2, size // 4: size // 2] = 255  # some structure
+        ds.PixelData = arr.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def png_bomb(path: Path, side: int = 20000) -> Path:
+    """A valid PNG header claiming side x side pixels, a few dozen bytes (nothing is ever decoded)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def error_of(fn, *args) -> str:
+    with pytest.raises(gr.Error) as info:
+        fn(*args)
+    message = info.value.message
+    assert message and "Traceback" not in message and "File \"" not in message
+    return message
+
+
+def predict(ctl, path, table, preset="btmri", checkpoint=ZERO_SHOT, frame=0, state=None):
+    return ctl.on_predict(path, frame, preset, checkpoint, table, state)
+
+
+# ---------------------------------------------------------------------------- start-up
+
+def test_services_are_lazy_and_importing_app_loads_no_backbone():
+    assert not Services("tiny").loaded  # nothing is built until asked for
+    code = ("import app, app.main, app.predict_tab, app.services, app.session, app.formatting;"
+            "from dpt_core import backbone; assert not backbone._CACHE, backbone._CACHE")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=300)
+
+
+def test_random_weights_banner_for_tiny(services):
+    assert "meaningless" in services.banner
+    assert "meaningless" in banner_html(services) and 'role="alert"' in banner_html(services)
+
+
+def test_unreachable_default_falls_back_to_tiny_with_banner(monkeypatch, tiny):
+    import app.services as svc
+
+    def fake_load(spec, device=None):
+        if spec != "tiny":
+            raise BackboneError(f"could not load {spec} from the Hugging Face Hub (OfflineModeIsEnabled: offline). More")
+        return tiny
+
+    monkeypatch.setattr(svc, "load_backbone", fake_load)
+    monkeypatch.delenv("DPT_BACKBONE", raising=False)
+    s = Services()
+    assert s.backbone is tiny
+    assert "could not be loaded" in s.banner and "meaningless" in s.banner
+    with pytest.raises(BackboneError):  # an explicit, non-default spec that fails is not papered over
+        Services("local-dir:/nowhere").backbone
+
+
+def test_build_demo_has_notice_banner_and_named_endpoints(services):
+    demo = build_demo(services)
+    config = json.dumps(demo.get_config_file())
+    assert "not a medical device, not for diagnosis" in config
+    assert "predictions" in config and "meaningless" in config  # the random-weights banner
+    endpoints = demo.get_api_info()["named_endpoints"]
+    assert [p["parameter_name"] for p in endpoints["/predict"]["parameters"]][:2] == ["image", "preset"]
+    assert all(p["parameter_has_default"] for p in endpoints["/predict"]["parameters"][2:])
+    assert endpoints["/predict"]["returns"][0]["component"] == "Label"
+    assert endpoints["/explain"]["returns"][0]["component"] == "Image"
+    assert demo.delete_cache and not demo.analytics_enabled
+
+
+# ---------------------------------------------------------------------------- bad inputs
+
+def _corrupt(tmp: Path) -> Path:
+    p = tmp / "corrupt.png"
+    p.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)  # a PNG signature, then garbage
+    return p
+
+
+def _text_as_png(tmp: Path) -> Path:
+    p = tmp / "notes.png"
+    p.write_text("this is a text file, not an image\n" * 20)
+    return p
+
+
+@pytest.mark.parametrize("make, expected", [
+    (_corrupt, "damaged"),
+    (_text_as_png, "not an image file"),
+    (lambda tmp: png_bomb(tmp / "bomb.png"), "20000x20000"),
+    (lambda tmp: write_dicom(tmp / "nopixels.dcm", pixels=False), "holds no image"),
+])
+def test_bad_files_give_clear_messages(ctl, btmri_table, tmp_path, make, expected):
+    path = str(make(tmp_path))
+    assert expected in error_of(ctl.on_upload, path)
+    assert expected in error_of(predict, ctl, path, btmri_table)
+    assert expected in error_of(ctl.api_predict, path, "btmri")
+
+
+def test_missing_upload_and_unknown_preset(ctl, btmri_table, ct_path):
+    assert "upload a scan" in error_of(predict, ctl, None, btmri_table).lower()
+    assert "unknown preset" in error_of(ctl.api_predict, ct_path, "nonsense")
+
+
+def _table(names, desc=""):
+    return pd.DataFrame([[n, desc] for n in names], columns=fmt.TABLE_HEADERS)
+
+
+@pytest.mark.parametrize("names, expected", [
+    ([], "at least two classes"),
+    (["only one"], "at least two classes"),
+    (["glioma", "Glioma"], "duplicate class"),
+    ([f"class {i}" for i in range(101)], "at most 100 classes"),
+])
+def test_bad_class_lists(ctl, ct_path, names, expected):
+    assert expected in error_of(predict, ctl, ct_path, _table(names), "custom")
+
+
+def test_row_with_descriptions_but_no_name(ctl, ct_path):
+    table = pd.DataFrame([["a", ""], ["", "a finding."], ["b", ""]], columns=fmt.TABLE_HEADERS)
+    assert "no class name" in error_of(predict, ctl, ct_path, table, "custom")
+
+
+def test_too_long_description_is_a_message(ctl, ct_path):
+    assert "longer than" in error_of(predict, ctl, ct_path, _table(["a", "b"], "x" * 500), "custom")
+
+
+@pytest.mark.slow
+def test_hundred_classes_work(ctl, ct_path):
+    out = predict(ctl, ct_path, _table([f"finding number {i}" for i in range(100)]), "custom")
+    assert len(out[0]) == 100 and abs(sum(out[0].values()) - 1) < 1e-4
+
+
+def test_empty_description_is_allowed_and_explained(ctl, ct_path, btmri_table):
+    table = btmri_table.copy()
+    table.iloc[1, 1] = ""  # meningioma: no descriptions at all
+    label, sources, modality_md, *_ = predict(ctl, ct_path, table)
+    assert abs(sum(label.values()) - 1) < 1e-4
+    assert set(sources["expert descriptions"]) == {"n/a"}
+    assert "no description" in modality_md
+    # blank pieces between separators are dropped, not turned into empty prompts
+    assert fmt.split_descriptions("a finding. |  | another finding. |") == ["a finding.", "another finding."]
+
+
+def test_offline_registry_checkpoint_is_a_clear_message(ctl, ct_path, btmri_table):
+    entry = entries_for("btmri")[0]
+    message = error_of(ctl.on_checkpoint, entry.id, "btmri", btmri_table, None)
+    assert "Hugging Face Hub" in message and "zero-shot" in message
+    assert "Hugging Face Hub" in error_of(predict, ctl, ct_path, btmri_table, "btmri", entry.id)
+
+
+def test_local_paths_are_refused_as_checkpoint_ids(ctl, tmp_path):
+    message = error_of(ctl.on_checkpoint, str(tmp_path), "btmri", None, None)
+    assert "hf-hub:" in message
+
+
+# ---------------------------------------------------------------------------- happy paths
+
+def test_predict_on_a_real_dicom(ctl, ct_path, btmri_table):
+    label, sources, modality_md, contrib_class, plot, table, target, state = predict(ctl, ct_path, btmri_table)
+    assert set(label) == set(btmri_table[fmt.CLASS_COL]) and abs(sum(label.values()) - 1) < 1e-4
+    assert list(sources.columns) == ["class", "learned prompt", "template ensemble", "expert descriptions"]
+    assert contrib_class["value"] == max(label, key=label.get) == state["prediction"]
+    assert len(plot) == 15 and set(plot["source"]) == {"template", "description"}
+    assert list(table.columns) == fmt.DETAIL_COLUMNS and table["contribution"].is_monotonic_decreasing
+    assert target["value"] == PREDICTED
+    # CT_small says Modality CT; btmri expects MRI: the header check says so, even with random weights.
+    assert "DICOM header says this is a CT image" in modality_md
+    assert "not meaningful" in modality_md
+    # another class's contributions, from the kept state (no recomputation)
+    other = [c for c in label if c != state["prediction"]][0]
+    plot2, table2 = ctl.on_contrib_class(other, state)
+    assert len(plot2) == 15 and set(table2["prompt text"]) != set(table["prompt text"])
+
+
+def test_upload_preview_and_frame_slider(ctl, tmp_path, ct_path):
+    slider, preview, info, *cleared = ctl.on_upload(ct_path)
+    assert slider["visible"] is False and isinstance(preview, Image.Image) and "DICOM" in info
+    assert all(v in (None, "") for v in cleared)
+
+    multi = str(write_dicom(tmp_path / "multi.dcm", frames=5))
+    slider, preview, info, *_ = ctl.on_upload(multi)
+    assert slider["visible"] is True and slider["maximum"] == 4 and slider["value"] == 2
+    assert "frame 3 of 5" in info and "modality MR" in info and "body part BRAIN" in info
+    last, info_last = ctl.on_frame(multi, 4)
+    assert "frame 5 of 5" in info_last and np.asarray(last).mean() > np.asarray(preview).mean()
+    assert "frame 7 does not exist" in error_of(ctl.on_frame, multi, 7)
+    out = ctl.on_predict(multi, 4, "btmri", ZERO_SHOT, ctl.preset_table("btmri"), None)
+    assert abs(sum(out[0].values()) - 1) < 1e-4
+
+
+def test_tiff_16bit_and_rgba_png(ctl, tmp_path, btmri_table):
+    tif = tmp_path / "x.tif"
+    Image.fromarray((np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 13)).save(tif)
+    rgba = tmp_path / "x.png"
+    Image.new("RGBA", (40, 30), (200, 10, 10, 128)).save(rgba)
+    for p in (tif, rgba):
+        assert abs(sum(predict(ctl, str(p), btmri_table)[0].values()) - 1) < 1e-4
+
+
+def test_editing_one_description_reencodes_only_that_sentence(ctl, services, ct_path, btmri_table):
+    before = predict(ctl, ct_path, btmri_table)
+    cache = services.backbone.text_cache
+    n0 = len(cache)
+    table = btmri_table.copy()
+    sentences = fmt.split_descriptions(table.iloc[0, 1])
+    sentences[0] = f"A new hand-written finding number {uuid.uuid4().hex[:8]} in the tumour."
+    table.iloc[0, 1] = fmt.SEPARATOR.join(sentences)
+    after = predict(ctl, ct_path, table)
+    assert len(cache) == n0 + 1  # exactly the edited sentence was encoded
+    assert after[0] == before[0]  # the learned prompt (the prediction) does not use descriptions
+    assert before[1]["template ensemble"].tolist() == after[1]["template ensemble"].tolist()
+    assert any(p["text"] == sentences[0] for p in after[-1]["prompts"])  # the new sentence is a prompt now
+
+
+def test_class_add_remove_rename(ctl, ct_path, btmri_table):
+    table = btmri_table.copy()
+    table.iloc[3, 0] = "healthy brain"  # rename
+    table = table.drop(index=2)  # remove pituitary
+    table.loc[len(table) + 5] = ["brain abscess", "a ring-enhancing lesion with central restricted diffusion."]  # add
+    table.loc[len(table) + 6] = ["", ""]  # an empty row added in the UI is ignored
+    label = predict(ctl, ct_path, table)[0]
+    assert set(label) == {"glioma tumor", "meningioma tumor", "healthy brain", "brain abscess"}
+
+
+def test_reset_and_preset_change(ctl, btmri_table):
+    table, gen_class = ctl.on_reset("btmri")
+    pd.testing.assert_frame_equal(table, btmri_table)
+    assert gen_class["value"] == "glioma tumor"
+    new_table, ckpt, info, gen = ctl.on_preset("busi", None, btmri_table, ZERO_SHOT)
+    assert list(new_table[fmt.CLASS_COL]) == ["benign tumor", "malignant tumor", "normal scan"]
+    assert ckpt["value"] == ZERO_SHOT and any(v == e.id for _, v in ckpt["choices"] for e in entries_for("busi"))
+    assert "Breast ultrasound" in info
+    custom, *_ = ctl.on_preset("custom", None, btmri_table, ZERO_SHOT)
+    assert list(custom[fmt.CLASS_COL]) == list(btmri_table[fmt.CLASS_COL])  # custom starts from the table
+
+
+def test_generate_descriptions_with_the_shipped_bank(ctl, btmri_table):
+    table, note = ctl.on_generate("btmri", btmri_table, "glioma tumor", "retrieval", 5, None, None)
+    cell = table.loc[table[fmt.CLASS_COL] == "glioma tumor", fmt.DESC_COL].item()
+    assert len(fmt.split_descriptions(cell)) == 5 and "not generated" in note
+    assert table.iloc[1, 1] == btmri_table.iloc[1, 1]  # other classes untouched
+    # a class the bank lacks: the nearest one, and the note says so
+    table2 = btmri_table.copy()
+    table2.loc[9] = ["pituitary adenoma", ""]
+    table2, note2 = ctl.on_generate("btmri", table2, "pituitary adenoma", "retrieval", 3, None, None)
+    assert "nearest class" in note2
+    assert "choose the class" in error_of(ctl.on_generate, "btmri", btmri_table, None, "retrieval", 3, None, None)
+
+
+def test_hf_inference_offline_never_leaks_the_token(ctl, btmri_table, caplog):
+    token = "hf_TopSecretToken987"
+    caplog.set_level(logging.DEBUG)
+    message = error_of(ctl.on_generate, "btmri", btmri_table, "glioma tumor", "hf-inference", 3, token, None)
+    assert "could not be reached" in message or "token" in message.lower()
+    assert token not in message and token not in caplog.text
+
+
+@pytest.mark.parametrize("method, target, phrase", [
+    ("gradcam", PREDICTED, ""),
+    ("gradcam", "normal brain", ""),
+    ("gradcam", PREDICTED, "a photo of a a."),
+    ("rollout", PREDICTED, ""),
+])
+def test_attention_overlays(ctl, ct_path, btmri_table, method, target, phrase):
+    img, caption, expl = ctl.on_explain(ct_path, 0, "btmri", ZERO_SHOT, btmri_table, None, method, target, phrase, 0.5)
+    assert isinstance(img, Image.Image) and img.size == (224, 224)
+    assert "not lesion localisation" in caption and "visual prompt" in caption
+    assert expl.method == method
+    if method == "gradcam":
+        assert expl.target == (phrase or (target if target != PREDICTED else expl.target))
+    faint, strong = ctl.on_alpha(0.0, expl), ctl.on_alpha(1.0, expl)
+    assert np.asarray(faint).tolist() != np.asarray(strong).tolist()
+
+
+def test_explain_unknown_class_is_a_message(ctl, ct_path, btmri_table):
+    msg = error_of(ctl.on_explain, ct_path, 0, "btmri", ZERO_SHOT, btmri_table, None, "gradcam", "zebra", "", 0.5)
+    assert "unknown class" in msg
+
+
+def test_concurrent_predict_and_explain_release_hooks(ctl, services, ct_path, btmri_table):
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            if i % 2:
+                ctl.on_explain(ct_path, 0, "btmri", ZERO_SHOT, btmri_table, None,
+                               "gradcam" if i % 4 == 1 else "rollout", PREDICTED, "", 0.4)
+            else:
+                predict(ctl, ct_path, btmri_table)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors
+    for module in services.backbone.clip.modules():
+        assert not module._forward_hooks and not module._forward_pre_hooks and not module._backward_hooks
+
+
+# ---------------------------------------------------------------------------- modality check
+
+def test_modality_warning_logic(services):
+    backbone = services.backbone
+    names, feats = modality.modality_features(backbone)
+    ct = feats[names.index("CT")]
+    mismatch = modality.check_modality(backbone, ct, "MRI", meaningful=True)
+    assert mismatch.mismatch and mismatch.best == "CT" and "CT image" in mismatch.message
+    same = modality.check_modality(backbone, ct, "CT", meaningful=True)
+    assert not same.mismatch and same.message == ""
+    assert abs(sum(same.scores.values()) - 1) < 1e-5
+    # a margin the best cannot reach: no warning
+    assert not modality.check_modality(backbone, ct, "MRI", margin=1.01, meaningful=True).mismatch
+    # random weights: not meaningful, never a warning
+    rnd = modality.check_modality(backbone, ct, "MRI")
+    assert not rnd.meaningful and not rnd.mismatch and "not meaningful" in rnd.message
+    custom = modality.check_modality(backbone, ct, None, meaningful=True)
+    assert not custom.mismatch and custom.expected is None
+    assert modality.header_mismatch("MR", "MRI") is None and "CT image" in modality.header_mismatch("CT", "MRI")
+    assert modality.header_mismatch("OT", "MRI") is None  # unknown codes say nothing
+
+
+def test_modality_warning_reaches_the_ui(ctl, ct_path, btmri_table, monkeypatch):
+    import app.services as svc
+
+    def fake_check(backbone, feature, expected, margin=modality.DEFAULT_MARGIN, meaningful=None):
+        names, feats = modality.modality_features(backbone)
+        return modality.check_modality(backbone, feats[names.index("histopathology")], expected, margin, True)
+
+    monkeypatch.setattr(svc, "check_modality", fake_check)
+    with pytest.warns(UserWarning):  # gr.Warning outside a request falls back to warnings.warn
+        modality_md = predict(ctl, ct_path, btmri_table)[2]
+    assert "looks more like a histopathology image" in modality_md
+
+
+# ---------------------------------------------------------------------------- sessions and checkpoints
+
+def _trained_checkpoint(services, folder: Path, classes: list[str]) -> Path:
+    model = BiomedDPT(services.backbone, classes, "a photo of a {}.", 4)
+    with torch.no_grad():
+        model.prompt_learner.ctx.add_(0.05)
+    return save_checkpoint(folder, model, make_config(model))
+
+
+def test_session_state_lifecycle_and_trained_checkpoints(ctl, services, ct_path, btmri_table):
+    state = new_session_state()
+    assert not Path(state["dir"]).exists()  # created lazily
+    folder = _trained_checkpoint(services, session_dir(state) / "ckpt", ["cat scan", "dog scan"])
+    add_trained(state, "my run", folder)
+    choices = checkpoint_choices("btmri", state)
+    assert choices[0] == ("Zero-shot (clinical template)", ZERO_SHOT)
+    assert ("my run (trained in this session)", str(folder)) in choices
+    assert ctl.checkpoint_id("my run", state) == str(folder) == ctl.checkpoint_id(str(folder), state)
+    # the checkpoint's classes come into the table when it is chosen
+    table = ctl.on_checkpoint(str(folder), "btmri", btmri_table, state)
+    assert list(table[fmt.CLASS_COL]) == ["cat scan", "dog scan"]
+    label = predict(ctl, ct_path, table, "custom", str(folder), state=state)[0]
+    assert set(label) == {"cat scan", "dog scan"}
+    # a preset change keeps a trained checkpoint selected, resets anything else
+    assert ctl.on_preset("busi", state, table, str(folder))[1]["value"] == str(folder)
+    cleanup_session_state(state)
+    assert not Path(state["dir"]).exists() and state["trained"] == {}
+    cleanup_session_state(state)  # idempotent
+    assert "hf-hub:" in error_of(predict, ctl, ct_path, table, "custom", str(folder), 0, state)
+
+
+# ---------------------------------------------------------------------------- privacy
+
+def test_dicom_phi_appears_in_no_output_and_no_log(ctl, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    path = str(write_dicom(tmp_path / "scan.dcm", frames=3))
+    table = ctl.preset_table("btmri")
+    outputs = [
+        ctl.on_upload(path),
+        ctl.on_frame(path, 1),
+        predict(ctl, path, table, frame=1),
+        ctl.on_explain(path, 1, "btmri", ZERO_SHOT, table, None, "gradcam", PREDICTED, "", 0.4)[1],
+        ctl.api_predict(path, "btmri"),
+        ctl.api_explain(path, "btmri")[1],
+    ]
+    text = json.dumps(outputs, default=str) + caplog.text
+    for secret in (SECRET_NAME, "Secretname", SECRET_ID, "Doe"):
+        assert secret not in text
+    assert "modality MR" in outputs[0][2]  # the allowlisted fields do show
+
+
+# ---------------------------------------------------------------------------- API functions in-process
+
+def test_api_functions_in_process(ctl, ct_path):
+    label, details = ctl.api_predict(ct_path, "btmri")
+    assert abs(sum(label.values()) - 1) < 1e-4 and details["prediction"] == max(label, key=label.get)
+    assert set(details["contributions"]["sources"]) == {"learned", "templates", "descriptions"}
+    label2, _ = ctl.api_predict(ct_path, "custom", "", '["calcified nodule", "normal lung"]',
+                                '{"normal lung": ["clear lung fields."]}', -1)
+    assert set(label2) == {"calcified nodule", "normal lung"}
+    img, info = ctl.api_explain(ct_path, "btmri", "normal brain", "gradcam", 0.5)
+    assert img.size == (224, 224) and info["target"] == "normal brain"
+    _, info_phrase = ctl.api_explain(ct_path, "btmri", "a bright round spot")
+    assert info_phrase["target"] == "a bright round spot"
+    assert "descriptions" in error_of(ctl.api_predict, ct_path, "btmri", None, None, "{not json")
