@@ -19,13 +19,14 @@ Defaults and rules, and why:
 - Training: fast mode (image features of ``views`` augmented crops cached once, so a step
   runs only the text tower), the paper's batch 4 and learning rate, fewer epochs than the
   paper's 100 so that 4 classes x 8 images take about a minute on a small CPU with the
-  full-size model (measured costs in ``DEFAULT_SETTINGS_NOTE``).
+  full-size model (measured costs at ``CPU_DEFAULTS``); more on a GPU, where it is cheap.
 - Image features are computed once with eval preprocessing for all images; the training
   part is handed to ``train_prompts`` (the ranked teacher uses it) and the held-out part
   serves both the adapted and the zero-shot check, so no image is encoded twice.
 """
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 import os
@@ -36,9 +37,10 @@ import time
 import uuid
 import zipfile
 import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Generic, Sequence, TypeVar
+from typing import Generic, TypeVar
 
 import torch
 
@@ -61,15 +63,24 @@ log = logging.getLogger(__name__)
 
 HELDOUT_MIN_PER_CLASS = 4  # every class needs this many images for a held-out check
 HELDOUT_FRACTION = 0.25  # share of each class held out (at least one image)
-DEFAULT_EPOCHS = 20
-DEFAULT_VIEWS = 2
 DEFAULT_BATCH = 4  # the paper's batch size
 DEFAULT_LR = 0.0025  # the paper's learning rate
+# (epochs, views) by device. CPU: "about a minute" for 4 classes x 8 images with the full-size
+# model. Measured on a 2-core CPU with random-weight ViT-B/16 and BERT-base towers (same shapes
+# as BiomedCLIP; best of several runs on a shared machine): 0.36 s per image forward, 0.39 s per
+# training step (4 prompts of ~14 word-pieces, forward + backward). With 6 training + 2 held-out
+# images per class: 32 eval features (~12 s, reused as the first view) + 1 augmented view x 24
+# training images (~9 s) + 15 epochs x 6 steps (~35 s) = ~56 s, plus ~8 s the first time a
+# preset's ~150 teacher sentences are encoded (bench/bench_app.py measures it).
+# GPU: the paper's recipe costs seconds there, so keep more of it.
+CPU_DEFAULTS = (15, 2)
+GPU_DEFAULTS = (50, 4)
+DEFAULT_EPOCHS, DEFAULT_VIEWS = CPU_DEFAULTS
 DEFAULT_SETTINGS_NOTE = (
-    "Defaults: fast mode, 20 epochs, 2 augmented views per image, batch 4, lr 0.0025 (the paper's "
-    "batch and learning rate; 20 instead of 100 epochs). Full-size cost measured on a 2-core CPU: "
-    "about 0.8 s per image forward and 0.5 s per training step, so 4 classes x 8 images "
-    "(6 trained + 2 held out per class) cost about 32 + 48 image forwards and 120 steps."
+    "Defaults: fast mode (image features of a few augmented views cached once), batch 4 and learning "
+    "rate 0.0025 as in the paper, but fewer epochs than its 100: on a CPU 15 epochs x 2 views (4 classes "
+    "x 8 images take about a minute with the full-size model on 2 cores, half of it encoding the images), "
+    "on a GPU 50 epochs x 4 views (seconds). More epochs or views cost time, not memory."
 )
 _READ_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError, RuntimeError)
 _JUNK_NAMES = {"thumbs.db", "desktop.ini"}
@@ -111,11 +122,16 @@ def _bullets(items: Sequence[str], limit: int = 6) -> str:
 
 # --------------------------------------------------------------------------- classes and uploads
 
-def parse_class_names(text: str | None, limits: Limits = LIMITS) -> list[str]:
-    """Class names from a textbox: one per line (or comma-separated on a single line)."""
+def split_class_text(text: str | None) -> list[str]:
+    """The non-empty entries of a class textbox: one per line, or comma-separated on a single line."""
     raw = (text or "").strip()
     lines = raw.splitlines() if "\n" in raw else raw.split(",")
-    names = [ln.strip() for ln in lines if ln.strip()]
+    return [ln.strip() for ln in lines if ln.strip()]
+
+
+def parse_class_names(text: str | None, limits: Limits = LIMITS) -> list[str]:
+    """Checked class names from a textbox (see ``split_class_text``)."""
+    names = split_class_text(text)
     try:
         names = check_class_names(names)
     except ValueError as exc:
@@ -295,17 +311,28 @@ def _is_junk(parts: Sequence[str]) -> bool:
 
 
 def _group_by_folder(infos: Sequence[zipfile.ZipInfo]) -> tuple[dict[str, list[zipfile.ZipInfo]], list[str]]:
-    """Files by their immediate parent folder; files at the top level or system files are ignored."""
+    """Files by the name of their immediate parent folder.
+
+    Ignored: system files, files at the top level and files in wrapper folders (folders
+    that hold other folders, e.g. ``export/`` in ``export/glioma/1.png``).
+    """
     by_folder: dict[str, list[zipfile.ZipInfo]] = {}
     ignored: list[str] = []
+    files = []
     for info in infos:
         if info.is_dir():
             continue
         parts = [p for p in info.filename.replace("\\", "/").split("/") if p]
         if _is_junk(parts) or len(parts) < 2:
             ignored.append(info.filename)
-            continue
-        by_folder.setdefault(parts[-2], []).append(info)
+        else:
+            files.append((info, tuple(parts[:-1])))
+    wrappers = {parent[:k] for _, parent in files for k in range(1, len(parent))}
+    for info, parent in files:
+        if parent in wrappers:
+            ignored.append(info.filename)
+        else:
+            by_folder.setdefault(parent[-1], []).append(info)
     for items in by_folder.values():
         items.sort(key=lambda i: i.filename)
     return by_folder, ignored
@@ -369,11 +396,12 @@ class TrainSettings:
     seed: int = 1
 
     @classmethod
-    def from_setup(cls, setup: ClassSetup, **overrides) -> "TrainSettings":
-        base = cls(l1=setup.loss_weights.l1, kl=setup.loss_weights.kl)
+    def from_setup(cls, setup: ClassSetup, gpu: bool = False, **overrides) -> TrainSettings:
+        epochs, views = GPU_DEFAULTS if gpu else CPU_DEFAULTS
+        base = cls(epochs=epochs, views=views, l1=setup.loss_weights.l1, kl=setup.loss_weights.kl)
         return replace(base, **overrides)
 
-    def checked(self) -> "TrainSettings":
+    def checked(self) -> TrainSettings:
         """Coerced to the right types and checked; problems become one readable message."""
         try:
             s = replace(self, epochs=int(self.epochs), views=int(self.views), lr=float(self.lr),
@@ -398,8 +426,11 @@ class TrainSettings:
         return s
 
     def train_config(self) -> TrainConfig:
+        # center_view: view 0 is the centre crop whose features the held-out check needs anyway,
+        # so "2 views" costs one augmented image pass, not two.
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, mode="fast",
-                           views=self.views, seed=self.seed, loss_weights=LossWeights(self.l1, self.kl))
+                           views=self.views, center_view=True, seed=self.seed,
+                           loss_weights=LossWeights(self.l1, self.kl))
 
     def visual(self) -> VisualPromptConfig:
         return VisualPromptConfig(layout=self.layout)
@@ -542,7 +573,7 @@ def run_fewshot(
     reason = "" if check else no_check_reason(data.labels, setup.class_names)
 
     report(Status("saving", "Saving the checkpoint...", 1.0, elapsed_s=time.perf_counter() - start))
-    folder = save_trained(out_dir, outcome, setup, config, _metrics(check, reason, outcome.fit.stopped, config),
+    folder = save_trained(out_dir, outcome, setup, config, _metrics(check, reason, outcome.fit.stopped),
                           data_description=data_description.strip())
     timings["total_s"] = time.perf_counter() - start
     log.info("few-shot training: %d images, %d epochs, %.1f s (encode %.1f, train %.1f)", len(data),
@@ -555,7 +586,7 @@ def run_fewshot(
     )
 
 
-def _metrics(check: HeldOutCheck | None, reason: str, stopped: bool, config: TrainConfig) -> dict:
+def _metrics(check: HeldOutCheck | None, reason: str, stopped: bool) -> dict:
     """What the model card reports, with its caveats spelled out."""
     caveat = ("Few-shot result from a handful of images uploaded in one session; not a clinical "
               "validation. Accuracy on so few images changes by a large step with each image.")
@@ -569,9 +600,14 @@ def _metrics(check: HeldOutCheck | None, reason: str, stopped: bool, config: Tra
                         f"has >= {HELDOUT_MIN_PER_CLASS} images",
         "heldout_accuracy": round(check.adapted.accuracy, 4),
         "zero_shot_heldout_accuracy": round(check.zero_shot.accuracy, 4),
-        "heldout_per_class": {k: (None if v is None else round(v, 4)) for k, v in check.adapted.per_class.items()},
+        "heldout_per_class": _rounded(check.adapted.per_class),
+        "zero_shot_heldout_per_class": _rounded(check.zero_shot.per_class),
         "caveat": caveat,
     }
+
+
+def _rounded(per_class: dict[str, float | None]) -> dict[str, float | None]:
+    return {k: (None if v is None else round(v, 4)) for k, v in per_class.items()}
 
 
 # --------------------------------------------------------------------------- jobs: thread, stop, one at a time
@@ -596,9 +632,12 @@ class TrainingJob(Generic[T]):
         self._status = Status("waiting", "Starting...")
         self.result: T | None = None
         self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="fewshot-train", daemon=True)
+        # The thread runs in a copy of the caller's context: per-request context (e.g. what
+        # ZeroGPU's decorator reads to account GPU time) follows the work onto the thread.
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(target=context.run, args=(self._run,), name="fewshot-train", daemon=True)
 
-    def start(self) -> "TrainingJob[T]":
+    def start(self) -> TrainingJob[T]:
         self._thread.start()
         return self
 
@@ -648,11 +687,26 @@ class TrainingJob(Generic[T]):
 
 
 class JobRegistry:
-    """The running job of each session (keyed by Gradio's session hash), so Stop finds it."""
+    """The job of each session (keyed by Gradio's session hash), so Stop finds it.
+
+    A request waiting in Gradio's queue has no job yet: ``enqueue`` records it, so that
+    Stop can cancel it before it starts (``dequeue`` tells the Train handler).
+    """
 
     def __init__(self) -> None:
         self._jobs: dict[str, TrainingJob] = {}
+        self._queued: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
+
+    def enqueue(self, key: str) -> None:
+        with self._lock:
+            self._queued[key] = threading.Event()
+
+    def dequeue(self, key: str) -> bool:
+        """Forget the queued request; True when Stop cancelled it meanwhile."""
+        with self._lock:
+            flag = self._queued.pop(key, None)
+        return flag is not None and flag.is_set()
 
     def add(self, key: str, job: TrainingJob) -> None:
         with self._lock:
@@ -662,13 +716,17 @@ class JobRegistry:
             self._jobs[key] = job
 
     def stop(self, key: str) -> bool:
-        """Ask the session's job to stop; False when there is none running."""
+        """Ask the session's job to stop (or its queued request not to start); False when there is none."""
         with self._lock:
             job = self._jobs.get(key)
-        if job is None or job.wait(0):
-            return False
-        job.stop()
-        return True
+            queued = self._queued.get(key)
+        if job is not None and not job.wait(0):
+            job.stop()
+            return True
+        if queued is not None:
+            queued.set()
+            return True
+        return False
 
     def busy(self, key: str) -> bool:
         """Whether this session has a job that has not finished."""
@@ -742,9 +800,34 @@ def clear_dir(path: str | Path) -> None:
 
 
 __all__ = [
-    "FewShotError", "TrainingStopped", "Limits", "LIMITS", "parse_class_names", "CardSummary", "summarize_card",
-    "check_consent", "load_class_images", "ZipImport", "import_zip", "TrainSettings", "Status", "HeldOutCheck",
-    "FewShotResult", "plan_holdout", "run_fewshot", "TrainingJob", "JobRegistry", "JOBS", "new_checkpoint_dir",
-    "zip_checkpoint", "set_data_description", "tensor_names", "push_checkpoint", "clear_dir",
-    "HELDOUT_MIN_PER_CLASS", "HELDOUT_FRACTION", "DEFAULT_SETTINGS_NOTE",
+    "DEFAULT_SETTINGS_NOTE",
+    "HELDOUT_FRACTION",
+    "HELDOUT_MIN_PER_CLASS",
+    "JOBS",
+    "LIMITS",
+    "CardSummary",
+    "FewShotError",
+    "FewShotResult",
+    "HeldOutCheck",
+    "JobRegistry",
+    "Limits",
+    "Status",
+    "TrainSettings",
+    "TrainingJob",
+    "TrainingStopped",
+    "ZipImport",
+    "check_consent",
+    "clear_dir",
+    "import_zip",
+    "load_class_images",
+    "new_checkpoint_dir",
+    "parse_class_names",
+    "plan_holdout",
+    "push_checkpoint",
+    "run_fewshot",
+    "set_data_description",
+    "split_class_text",
+    "summarize_card",
+    "tensor_names",
+    "zip_checkpoint",
 ]

@@ -20,16 +20,18 @@ Layout and wiring only; the logic (checks, zip import, the training job, export)
 """
 from __future__ import annotations
 
+import html
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import gradio as gr
 import pandas as pd
 
+from dpt_core.backbone import default_device
 from dpt_core.data import LabelledImages
 from dpt_core.presets import list_presets, load_preset
 from dpt_core.teacher import TEACHER_MODES
@@ -38,7 +40,10 @@ from dpt_core.workflow import ClassSetup
 
 from . import gpu
 from .fewshot_jobs import (
+    CPU_DEFAULTS,
+    DEFAULT_BATCH,
     DEFAULT_SETTINGS_NOTE,
+    GPU_DEFAULTS,
     HELDOUT_MIN_PER_CLASS,
     JOBS,
     LIMITS,
@@ -57,6 +62,7 @@ from .fewshot_jobs import (
     push_checkpoint,
     run_fewshot,
     set_data_description,
+    split_class_text,
     summarize_card,
     zip_checkpoint,
 )
@@ -131,25 +137,48 @@ class _Ui:
 
 # =========================================================================== formatting
 
+def _esc(text: str) -> str:
+    """User-controlled text (file and folder names, class names) goes into Markdown/HTML: neutralise markup."""
+    return html.escape(str(text), quote=False)
+
+
+def _error(message: str, title: str = "Error") -> gr.Error:
+    """A user-facing error: escaped (the modal renders HTML), line breaks kept, no server-side traceback."""
+    return gr.Error(_esc(message).replace("\n", "<br>"), title=title, print_exception=False)
+
+
 def preset_choices() -> list[tuple[str, str]]:
     return [(f"{load_preset(n).title} ({n})", n) for n in list_presets()] + [("Custom classes", CUSTOM)]
 
 
 def loss_frame(epochs: Sequence[dict]) -> pd.DataFrame:
     """Per-epoch mean losses in long form for gr.LinePlot (one line per loss part)."""
-    rows = [{"epoch": e["epoch"], "loss": float(e[k]), "part": k}
-            for e in epochs for k in ("total", "ce", "l1", "kl") if k in e]
-    return pd.DataFrame(rows, columns=["epoch", "loss", "part"])
+    rows = [(int(e["epoch"]), float(e[k]), k) for e in epochs for k in ("total", "ce", "l1", "kl") if k in e]
+    # Typed columns even when empty: the plot must see numbers from the first update on.
+    return pd.DataFrame({
+        "epoch": pd.Series([r[0] for r in rows], dtype="int64"),
+        "loss": pd.Series([r[1] for r in rows], dtype="float64"),
+        "part": pd.Series([r[2] for r in rows], dtype="object"),
+    })
+
+
+def plot_value(epochs: Sequence[dict]) -> pd.DataFrame | None:
+    """What the loss plot gets: None until an epoch is done (an empty frame stops later updates drawing)."""
+    return loss_frame(epochs) if epochs else None
 
 
 def status_markdown(status: Status, stopping: bool = False) -> str:
     text = status.text
     if status.phase == "training":
-        filled = int(round(status.fraction * 20))
+        filled = round(status.fraction * 20)
         text = f"`{'█' * filled}{'░' * (20 - filled)}` {status.fraction:.0%}  \n{text}"
     if stopping:
         text += "  \n**Stopping** at the next step; the best completed epoch will be kept..."
     return text
+
+
+def _secs(s: float) -> str:
+    return f"{s:.1f} s" if s < 10 else f"{s:.0f} s"
 
 
 def _pct(x: float | None) -> str:
@@ -158,10 +187,10 @@ def _pct(x: float | None) -> str:
 
 def summary_markdown(r: FewShotResult) -> str:
     t = r.timings
-    lines = [f"**Trained** on {r.n_train} images of {len(r.class_names)} classes: {r.epochs_completed} of "
-             f"{r.settings.epochs} epochs in {t.get('total_s', 0):.0f} s (encoding {t.get('encode_s', 0):.1f} s, "
-             f"augmented views {t.get('views_s', 0):.1f} s, prompt training "
-             f"{t.get('train_s', 0) - t.get('views_s', 0):.1f} s)."]
+    lines = [(f"**Trained** on {r.n_train} images of {len(r.class_names)} classes: {r.epochs_completed} of "
+              f"{r.settings.epochs} epochs in {_secs(t.get('total_s', 0))} (encoding {_secs(t.get('encode_s', 0))}, "
+              f"augmented views {_secs(t.get('views_s', 0))}, prompt training "
+              f"{_secs(t.get('train_s', 0) - t.get('views_s', 0))}).")]
     if r.stopped:
         lines.append("**Stopped early.** The checkpoint holds the best completed epoch (lowest mean loss)"
                      + (" - no epoch had completed, so it equals the zero-shot prompt." if not r.history else "."))
@@ -175,7 +204,7 @@ def summary_markdown(r: FewShotResult) -> str:
             f"({right_a}/{c.n_images}) vs zero-shot prompt **{_pct(c.zero_shot.accuracy)}** ({right_z}/{c.n_images}). "
             f"Each image moves accuracy by {100 / c.n_images:.1f} points: a sanity check, not a validation.")
     else:
-        lines.append(r.no_check_reason)
+        lines.append(_esc(r.no_check_reason))
     if r.random_weights:
         lines.append("_The backbone has random weights: these numbers are meaningless._")
     return "\n\n".join(lines)
@@ -232,21 +261,20 @@ def on_preset(preset: str) -> tuple[Any, Any, Any]:
 
 def on_classes(text: str) -> list[Any]:
     """Show one card per class (up to N_CARDS), titled with the class name; explain problems."""
-    names = [n.strip() for n in ((text or "").splitlines() if "\n" in (text or "") else (text or "").split(","))
-             if n.strip()]
+    names = split_class_text(text)
     msg = ""
     try:
         parse_class_names(text)
     except FewShotError as err:
-        msg = f"⚠️ {err}" if names else "Type the class names, one per line (or pick a preset)."
+        msg = f"⚠️ {_esc(err)}" if names else "Type the class names, one per line (or pick a preset)."
     cards = [gr.update(visible=i < len(names)) for i in range(N_CARDS)]
-    headers = [gr.update(value=f"**{i + 1}. {names[i]}**" if i < len(names) else "") for i in range(N_CARDS)]
+    headers = [gr.update(value=f"**{i + 1}. {_esc(names[i])}**" if i < len(names) else "") for i in range(N_CARDS)]
     return [*cards, *headers, gr.update(value=msg)]
 
 
 def on_files(paths: Sequence[str] | None) -> tuple[Any, str]:
     summary = summarize_card(paths)
-    return summary.thumbnails, summary.text()
+    return summary.thumbnails, _esc(summary.text())
 
 
 def on_zip(state: dict | None, zip_path: str | None, preset: str, classes_text: str) -> list[Any]:
@@ -261,10 +289,10 @@ def on_zip(state: dict | None, zip_path: str | None, preset: str, classes_text: 
         clear_dir(imports)  # an earlier import is replaced by this one
         result = import_zip(zip_path, names, imports / f"{time.time_ns()}")
     except FewShotError as err:
-        raise gr.Error(str(err)) from None
+        raise _error(str(err)) from None
     files = [[str(p) for p in f] for f in result.files] + [[]] * (N_CARDS - len(result.files))
     classes_update = gr.update(value="\n".join(result.class_names)) if custom_empty else gr.update()
-    return [state, classes_update, *[f or None for f in files], result.report()]
+    return [state, classes_update, *[f or None for f in files], _esc(result.report())]
 
 
 def prepare(state: dict | None, services: Services, preset: str, classes_text: str, consent: bool,
@@ -277,39 +305,44 @@ def prepare(state: dict | None, services: Services, preset: str, classes_text: s
         check_consent(consent)
         names = parse_class_names(classes_text)
         setup = services.setup(preset, names, None)
-        settings = TrainSettings(epochs, views, lr, 4, l1, kl, teacher, layout, seed).checked()
+        settings = TrainSettings(epochs, views, lr, DEFAULT_BATCH, l1, kl, teacher, layout, seed).checked()
         data = load_class_images(names, files)
     except (FewShotError, ValueError) as err:
-        raise gr.Error(str(err), title="Cannot train yet") from None
+        raise _error(str(err), "Cannot train yet") from None
     if JOBS.busy(session_key):
-        raise gr.Error("A training of this session is still running; stop it or wait for it.")
+        raise _error("A training of this session is still running; stop it or wait for it.")
     busy = JOBS.running() > 0 or services.train_lock.locked()
     status = ("Queued: **waiting for another training to finish** (one training at a time on this "
               "server). Prediction keeps working meanwhile." if busy else "Starting...")
     session_dir(state)
+    JOBS.enqueue(session_key)  # Stop can cancel it while it waits in the queue
     return state, PendingRun(setup, data, settings, description or ""), status
 
 
 def train_stream(services: Services, state: dict | None, pending: PendingRun | None, ui: _Ui, session_key: str):
     """Generator for the Train event: runs the job on a thread and streams its status."""
+    if JOBS.dequeue(session_key):
+        yield {ui.pending: None, ui.status: "**Stopped** before it started; nothing was trained."}
+        return
     if pending is None:
-        raise gr.Error("Nothing to train: press Train again.")
+        raise _error("Nothing to train: press Train again.")
     state = state or new_session_state()
     folder = new_checkpoint_dir(session_dir(state), pending.setup.preset.name if pending.setup.preset else None)
 
+    run = pending  # the job's own reference: the generator drops its name below
+
     def work(report, should_stop) -> FewShotResult:
-        return _run_on_device(services.backbone, pending.setup, pending.data, pending.settings, folder,
-                              pending.description, report, should_stop)
+        return _run_on_device(services.backbone, run.setup, run.data, run.settings, folder, run.description,
+                              report, should_stop)
 
     job: TrainingJob[FewShotResult] = TrainingJob(work, lock=services.train_lock)
     try:
         JOBS.add(session_key, job)
     except FewShotError as err:
-        raise gr.Error(str(err)) from None
+        raise _error(str(err)) from None
     job.start()
-    pending = None  # the job holds the images now; the State is cleared by the first yield
     try:
-        yield {ui.pending: None, ui.result: gr.update(visible=False), ui.plot: loss_frame([]),
+        yield {ui.pending: None, ui.result: gr.update(visible=False), ui.plot: gr.update(value=None, visible=True),
                ui.status: "Starting..."}
         shown_epochs = 0
         while not job.wait(POLL_S):
@@ -317,7 +350,7 @@ def train_stream(services: Services, state: dict | None, pending: PendingRun | N
             out: dict = {ui.status: status_markdown(st, job.stop_requested)}
             if len(st.epochs) != shown_epochs:
                 shown_epochs = len(st.epochs)
-                out[ui.plot] = loss_frame(st.epochs)
+                out[ui.plot] = plot_value(st.epochs)
             yield out
     finally:
         if not job.wait(0):
@@ -329,18 +362,20 @@ def train_stream(services: Services, state: dict | None, pending: PendingRun | N
 def _finish(job: TrainingJob[FewShotResult], ui: _Ui) -> dict:
     err = job.error
     if isinstance(err, TrainingStopped):
-        return {ui.status: f"**Stopped.** {err}"}
+        return {ui.status: f"**Stopped.** {_esc(err)}"}
     if isinstance(err, (FewShotError, ValueError)):
-        raise gr.Error(str(err), title="Training failed")
+        raise _error(str(err), "Training failed")
     if err is not None:
-        log.error("few-shot training failed", exc_info=err)
-        raise gr.Error("Training failed unexpectedly; the server log has the details.", title="Training failed")
+        # Type only at ERROR: decoder messages can quote file contents; the traceback is for debugging.
+        log.error("few-shot training failed: %s", type(err).__name__)
+        log.debug("few-shot training failed", exc_info=err)
+        raise _error("Training failed unexpectedly; the server log has the details.", "Training failed")
     r = job.result
     archive = zip_checkpoint(r.folder)
     last = {"label": checkpoint_label(r), "folder": str(r.folder), "zip": str(archive), "preset": r.preset}
     return {
         ui.status: "**Done.**" if not r.stopped else "**Stopped early** - the best completed epoch was kept.",
-        ui.plot: loss_frame(r.history),
+        ui.plot: plot_value(r.history),
         ui.result: gr.update(visible=True),
         ui.summary: summary_markdown(r),
         ui.per_class: per_class_frame(r),
@@ -351,9 +386,12 @@ def _finish(job: TrainingJob[FewShotResult], ui: _Ui) -> dict:
 
 
 def stop(session_key: str) -> str:
-    if JOBS.stop(session_key):
+    running = JOBS.busy(session_key)
+    if not JOBS.stop(session_key):
+        return "Nothing is training in this session."
+    if running:
         return "**Stopping** at the next step; the best completed epoch will be kept..."
-    return "Nothing is training in this session."
+    return "**Cancelled**: the queued training will not start."
 
 
 def use_in_predict(state: dict | None, last: dict | None, predict: Any) -> tuple[dict, Any, Any, Any]:
@@ -363,7 +401,7 @@ def use_in_predict(state: dict | None, last: dict | None, predict: Any) -> tuple
     trained in this session selected when its preset changes, and loads its classes.
     """
     if not last:
-        raise gr.Error("Train a checkpoint first.")
+        raise _error("Train a checkpoint first.")
     state = add_trained(state or new_session_state(), last["label"], last["folder"])
     preset = last.get("preset") or CUSTOM
     make_update = getattr(predict, "checkpoint_update", None)
@@ -382,22 +420,29 @@ def on_description(last: dict | None, description: str) -> Any:
     try:
         set_data_description(last["folder"], description)
     except FewShotError as err:
-        raise gr.Error(str(err)) from None
+        raise _error(str(err)) from None
     return gr.update(value=str(zip_checkpoint(last["folder"], last["zip"])))
 
 
 def push(last: dict | None, repo: str, token: str, private: bool, oauth_token: gr.OAuthToken | None = None) -> str:
     if not last:
-        raise gr.Error("Train a checkpoint first.")
+        raise _error("Train a checkpoint first.")
     secret = (token or "").strip() or (oauth_token.token if oauth_token is not None else None)
     try:
         url = push_checkpoint(last["folder"], repo, secret, bool(private))
     except FewShotError as err:
-        raise gr.Error(str(err), title="Push failed") from None
+        raise _error(str(err), "Push failed") from None
     return f"Pushed to [{url}]({url}) ({'private' if private else 'public'})."
 
 
 # =========================================================================== layout
+
+def _uses_gpu(services: Services) -> bool:
+    """Whether training will run on CUDA, without loading the backbone (build time must stay cheap)."""
+    if services.loaded:
+        return services.backbone.device.type == "cuda"
+    return str(services.device or default_device()).startswith("cuda")
+
 
 def _session_key(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or "local"
@@ -413,7 +458,8 @@ def _build(services: Services) -> _Ui:
     gr.Markdown(
         "Adapt the prompts to a handful of your own labelled images. Pick a preset (its classes, "
         "templates, descriptions and loss weights) or type your own classes, add 1-32 images per "
-        f"class, and train: 4 classes x 8 images take about a minute on a small CPU. With at least "
+        f"class, and train: 4 classes x 8 images take a minute or so on a small CPU, seconds on a GPU. "
+        f"With at least "
         f"{HELDOUT_MIN_PER_CLASS} images in every class, a quarter is held out to compare the adapted "
         "prompt with the zero-shot one. **Research use only, not for diagnosis.** Uploads are kept only "
         "for this session; the result holds prompt vectors only."
@@ -447,11 +493,13 @@ def _build(services: Services) -> _Ui:
                                          "no patient identifiers.")
     consent = gr.Checkbox(False, label=CONSENT_TEXT, elem_id="fewshot-consent")
     w = load_preset(DEFAULT_PRESET).weights("few_shot")
+    default_epochs, default_views = GPU_DEFAULTS if _uses_gpu(services) else CPU_DEFAULTS
     with gr.Accordion("Advanced", open=False):
         gr.Markdown(DEFAULT_SETTINGS_NOTE)
         with gr.Row():
-            epochs = gr.Slider(1, 100, value=TrainSettings.epochs, step=1, label="Epochs")
-            views = gr.Slider(1, 8, value=TrainSettings.views, step=1, label="Augmented views per image")
+            epochs = gr.Slider(1, 200, value=default_epochs, step=1, label="Epochs", elem_id="fewshot-epochs")
+            views = gr.Slider(1, 16, value=default_views, step=1, label="Augmented views per image",
+                              elem_id="fewshot-views")
             lr = gr.Number(TrainSettings.lr, label="Learning rate", minimum=0)
             seed = gr.Number(1, label="Seed", precision=0)
         with gr.Row():
@@ -463,8 +511,8 @@ def _build(services: Services) -> _Ui:
         train = gr.Button("Train", variant="primary", interactive=False, elem_id="fewshot-train")
         stop_btn = gr.Button("Stop", variant="stop", elem_id="fewshot-stop")
     status = gr.Markdown(elem_id="fewshot-status")
-    plot = gr.LinePlot(loss_frame([]), x="epoch", y="loss", color="part", title="Mean loss per epoch",
-                       height=260, elem_id="fewshot-loss")
+    plot = gr.LinePlot(None, x="epoch", y="loss", color="part", title="Mean loss per epoch", height=260,
+                       visible=False, elem_id="fewshot-loss")
     with gr.Column(visible=False, elem_id="fewshot-result") as result:
         summary = gr.Markdown(elem_id="fewshot-summary")
         with gr.Row():
@@ -483,10 +531,16 @@ def _build(services: Services) -> _Ui:
                 gr.LoginButton()  # Spaces OAuth: the token arrives as a gr.OAuthToken parameter
             push_btn = gr.Button("Push")
             push_msg = gr.Markdown()
-    return _Ui(preset, classes, classes_msg, zip_file, zip_report, cards, headers, files, galleries, counts,
-               description, consent, epochs, views, lr, l1, kl, teacher, layout, seed, train, stop_btn, status,
-               plot, result, summary, per_class, confusion, use, download, repo, token, private, push_btn,
-               push_msg, gr.State(None, time_to_live=PENDING_TTL_S), gr.State(None))
+    return _Ui(
+        preset=preset, classes=classes, classes_msg=classes_msg, zip_file=zip_file, zip_report=zip_report,
+        cards=cards, headers=headers, files=files, galleries=galleries, counts=counts, description=description,
+        consent=consent, epochs=epochs, views=views, lr=lr, l1=l1, kl=kl, teacher=teacher, layout=layout,
+        seed=seed, train=train, stop=stop_btn, status=status, plot=plot, result=result, summary=summary,
+        per_class=per_class, confusion=confusion, use=use, download=download, repo=repo, token=token,
+        private=private, push=push_btn, push_msg=push_msg,
+        pending=gr.State(None, time_to_live=PENDING_TTL_S),  # validated images, memory only
+        last=gr.State(None),  # the last result: label, folder, zip path, preset (strings only)
+    )
 
 
 def _wire(ui: _Ui, services: Services, session: gr.State, predict: Any, tabs: gr.Tabs) -> None:

@@ -30,6 +30,7 @@ CLASS_COL, DESC_COL = "class", "descriptions (separated by  |  )"
 TABLE_HEADERS = [CLASS_COL, DESC_COL]
 SEPARATOR = " | "
 SOURCE_TITLES = {"learned": "learned prompt", "templates": "template ensemble", "descriptions": "expert descriptions"}
+SOURCE_HEADERS = ["class", *SOURCE_TITLES.values()]
 CONTRIB_COLUMNS = ["prompt", "contribution", "source"]
 DETAIL_COLUMNS = ["#", "source", "prompt text", "weight", "contribution"]
 ATTENTION_NOTE = "Model attention, not lesion localisation."
@@ -83,6 +84,15 @@ def replace_descriptions(table: Any, class_name: str, sentences: Sequence[str]) 
     rows = [[name, SEPARATOR.join(sentences) if name == class_name else SEPARATOR.join(s)]
             for name, s in table_rows(table)]
     return pd.DataFrame(rows, columns=TABLE_HEADERS)
+
+
+def descriptions_text(table: Any, class_name: str | None) -> str:
+    """One class's descriptions, one per line, for the text box editor ("" if unknown)."""
+    try:
+        rows = table_rows(table)
+    except ValueError:
+        return ""
+    return "\n".join(next((s for name, s in rows if name == class_name), []))
 
 
 def class_choices(table: Any) -> list[str]:

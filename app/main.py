@@ -115,7 +115,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "(default: $DPT_BACKBONE, else BiomedCLIP from the Hub)")
     p.add_argument("--device", default=None, help="torch device (default: CUDA when present, else CPU)")
     p.add_argument("--host", default=None, help="address to listen on (default: $GRADIO_SERVER_NAME, else 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT, else 7860 or the next free)")
+    p.add_argument("--port", type=int, default=None,
+                   help="port (default: $GRADIO_SERVER_PORT, else 7860 or the next free one)")
     p.add_argument("--share", action="store_true", help="create a public gradio.live link (off by default)")
     p.add_argument("--allow-local-checkpoints", action="store_true",
                    help="let users type local checkpoint folders (only for a private, local deployment)")

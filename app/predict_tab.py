@@ -155,7 +155,7 @@ def parse_descriptions_text(text: str | None) -> dict[str, list[str]] | None:
 # ---------------------------------------------------------------------- handlers
 
 @dataclass
-class Request:
+class PredictRequest:
     """Everything one prediction needs, resolved and validated."""
 
     loaded: LoadedImage
@@ -202,15 +202,15 @@ class PredictController:
                          "one trained in this session")
 
     def resolve(self, path: FileValue, frame: Any, preset: str | None, checkpoint: str | None,
-                table: Any, state: dict | None) -> Request:
+                table: Any, state: dict | None) -> PredictRequest:
         setup = self.setup_from_table(preset, table)
         ckpt = self.checkpoint_id(checkpoint, state)
-        return Request(self.load(path, frame), setup, ckpt)
+        return PredictRequest(self.load(path, frame), setup, ckpt)
 
     # -------------------------------------------------------------- image input
     @user_errors("read the image")
     def on_upload(self, path: FileValue) -> tuple:
-        """New file: frame slider (only for several frames, at the middle one), preview, summary; old results cleared."""
+        """New file: frame slider (several frames only, at the middle one), preview, summary; results cleared."""
         cleared = self.cleared_results()
         if not path:
             return (gr.update(visible=False, value=0), None, "", *cleared)
@@ -220,24 +220,27 @@ class PredictController:
         return (slider, loaded.image, fmt.image_summary(loaded), *cleared)
 
     @user_errors("read that frame")
-    def on_frame(self, path: FileValue, frame: float) -> tuple[Image.Image | None, str]:
+    def on_frame(self, path: FileValue, frame: float) -> tuple:
+        """Another frame: its preview; results of the previous frame are cleared."""
         if not path:
-            return None, ""
+            return (None, "", *self.cleared_results())
         loaded = self.load(path, frame)
-        return loaded.image, fmt.image_summary(loaded)
+        return (loaded.image, fmt.image_summary(loaded), *self.cleared_results())
 
     @staticmethod
     def cleared_results() -> tuple:
         """Label, sources, modality note, plot, contributions table, overlay, caption, states."""
         return (None, None, "", None, None, None, "", None, None)
 
-    def on_example(self, examples: list[dict[str, Any]], preset: str | None, evt: gr.SelectData) -> tuple[str, str | None]:
+    def on_example(self, examples: list[dict[str, Any]], preset: str | None,
+                   evt: gr.SelectData) -> tuple[str, str | None]:
         """A gallery click: its DICOM original when there is one, and its suggested preset."""
         example = examples[int(evt.index)]
         file = example.get("dicom") or example["file"]
         return str(EXAMPLES_DIR / file), example.get("suggested_preset") or preset
 
     # -------------------------------------------------------------- classes
+    @user_errors("change the preset")
     def on_preset(self, preset: str | None, state: dict | None, table: Any, checkpoint: str | None = None) -> tuple:
         """Preset changed: its classes and descriptions, its checkpoints, its description.
 
@@ -245,10 +248,12 @@ class PredictController:
         preset and the checkpoint together); anything else goes back to zero-shot.
         """
         new_table = self.preset_table(preset, table)
-        names = fmt.class_choices(new_table)
         keep = checkpoint if checkpoint in trained_checkpoints(state).values() else None
+        if keep:  # its classes, whichever of this event and the checkpoint's own runs first
+            update = self.table_for_checkpoint(keep, preset, new_table)
+            new_table = update if isinstance(update, pd.DataFrame) else new_table
         return (new_table, checkpoint_update(preset, state, keep), preset_markdown(preset),
-                gr.update(choices=names, value=names[0] if names else None))
+                *self.class_editor(new_table, None))
 
     def preset_table(self, preset: str | None, current: Any = None) -> pd.DataFrame:
         if not preset or preset == CUSTOM:
@@ -260,21 +265,39 @@ class PredictController:
         setup = self.services.setup(preset)
         return fmt.class_table(setup.class_names, setup.descriptions)
 
+    @staticmethod
+    def class_editor(table: Any, current: str | None) -> tuple[dict, str]:
+        """The one-class editor after a table change: class picker (same class if still there) and its text."""
+        names = fmt.class_choices(table)
+        chosen = current if current in names else (names[0] if names else None)
+        return gr.update(choices=names, value=chosen), fmt.descriptions_text(table, chosen)
+
     @user_errors("reset the classes")
     def on_reset(self, preset: str | None) -> tuple:
         table = self.preset_table(preset, None)
-        names = fmt.class_choices(table)
-        return table, gr.update(choices=names, value=names[0] if names else None)
+        return (table, *self.class_editor(table, None))
 
     @staticmethod
     def on_table_edit(table: Any, current: str | None) -> dict:
-        """Keep the class pickers in step with the table."""
-        names = fmt.class_choices(table)
-        return gr.update(choices=names, value=current if current in names else (names[0] if names else None))
+        """Keep the class picker in step with the table (the text box keeps unapplied edits)."""
+        return PredictController.class_editor(table, current)[0]
+
+    @staticmethod
+    def on_class_pick(table: Any, class_name: str | None) -> str:
+        return fmt.descriptions_text(table, class_name)
+
+    @user_errors("update the descriptions")
+    def on_apply(self, table: Any, class_name: str | None, text: str | None) -> pd.DataFrame:
+        """The text box (one sentence per line) becomes the class's descriptions in the table."""
+        if not class_name or class_name not in fmt.class_choices(table):
+            raise ValueError("choose a class of the table first")
+        sentences = fmt.split_descriptions(text)
+        validate_descriptions({class_name: sentences}, source="the descriptions")
+        return fmt.replace_descriptions(table, class_name, sentences)
 
     @user_errors("generate descriptions")
     def on_generate(self, preset: str | None, table: Any, class_name: str | None, backend: str,
-                    n: float, token: str | None, model: str | None) -> tuple[pd.DataFrame, str]:
+                    n: float, token: str | None, model: str | None) -> tuple[pd.DataFrame, str, str]:
         if not class_name:
             raise ValueError("choose the class to describe")
         setup = self.setup_from_table(preset, table)
@@ -283,27 +306,42 @@ class PredictController:
         result = self.services.generate_descriptions(setup, class_name, backend, int(n), token, model)
         new_table = fmt.replace_descriptions(table, class_name, result.sentences)
         note = f"{len(result.sentences)} sentences for **{fmt.escape(class_name)}**. {fmt.escape(result.note)}"
-        return new_table, note
+        return new_table, "\n".join(result.sentences), note
 
     @user_errors("load the checkpoint")
-    def on_checkpoint(self, checkpoint: str | None, preset: str | None, table: Any, state: dict | None) -> Any:
-        """Load a newly chosen checkpoint now (a clear message early, e.g. offline); a checkpoint trained
-        on other classes brings its classes into the table."""
-        ckpt_id = self.checkpoint_id(checkpoint, state)
-        if ckpt_id is None:
-            return gr.update()
+    def on_checkpoint(self, checkpoint: str | None, preset: str | None, table: Any, state: dict | None) -> tuple:
+        """Load a newly chosen checkpoint at once, so problems (offline, wrong backbone) show early.
+
+        A checkpoint that cannot be loaded is a warning and the dropdown goes back to
+        zero-shot; a checkpoint trained on other classes brings its classes into the table.
+        """
+        try:
+            ckpt_id = self.checkpoint_id(checkpoint, state)
+            if ckpt_id is None:
+                return gr.update(), gr.update()
+            table_update = self.table_for_checkpoint(ckpt_id, preset, table)
+        except Exception as exc:  # noqa: BLE001 - expected ones become a warning, others an error
+            message = fmt.friendly_error(exc)
+            if message is None:
+                raise
+            gr.Warning(f"{message} The zero-shot prompt is selected instead.")
+            return gr.update(), gr.update(value=ZERO_SHOT)
+        return table_update, gr.update()
+
+    def table_for_checkpoint(self, ckpt_id: str, preset: str | None, table: Any) -> Any:
+        """The class table to use with a checkpoint: unchanged, or the checkpoint's own classes."""
         ckpt = self.services.load_checkpoint(ckpt_id, None if preset == CUSTOM else preset)
         if any(e.id == ckpt_id for e in entries_for(None)):
             return gr.update()  # registry checkpoints are made for the preset's classes
-        current = [n for n, _ in fmt.table_rows(table)]
-        if [c.casefold() for c in current] == [c.casefold() for c in ckpt.class_names]:
+        rows = fmt.table_rows(table) if table is not None else []
+        if [n.casefold() for n, _ in rows] == [c.casefold() for c in ckpt.class_names]:
             return gr.update()
-        setup = self.services.setup(ckpt.preset, ckpt.class_names, dict(fmt.table_rows(table)) or None)
+        setup = self.services.setup(ckpt.preset, ckpt.class_names, dict(rows) or None)
         gr.Info("The class table now holds the checkpoint's classes.")
         return fmt.class_table(setup.class_names, setup.descriptions)
 
     # -------------------------------------------------------------- prediction
-    def run_predict(self, req: Request):
+    def run_predict(self, req: PredictRequest):
         predictor = self.services.predictor(req.setup, req.checkpoint)
         expected = req.setup.preset.modality if req.setup.preset else None
         outcome = self.services.predict(predictor, req.loaded.image, expected)
@@ -342,7 +380,7 @@ class PredictController:
         return fmt.contributions_plot_frame(rows), fmt.contributions_table_frame(rows)
 
     # -------------------------------------------------------------- attention
-    def run_explain(self, req: Request, method: str, target: str | None, phrase: str | None) -> Explanation:
+    def run_explain(self, req: PredictRequest, method: str, target: str | None, phrase: str | None) -> Explanation:
         predictor = self.services.predictor(req.setup, req.checkpoint)
         target_class = None if not target or target == PREDICTED else target
         return self.services.explain(predictor, req.loaded.image, method, target_class, phrase)
@@ -362,12 +400,12 @@ class PredictController:
 
     # -------------------------------------------------------------- public API (gradio_client)
     def _api_request(self, image: str | None, preset: str | None, checkpoint: str | None, classes: str | None,
-                     descriptions: str | None, frame: float | None) -> Request:
+                     descriptions: str | None, frame: float | None) -> PredictRequest:
         preset = (preset or "").strip().lower() or None
         if preset and preset != CUSTOM and preset not in list_presets():
             raise ValueError(f"unknown preset {preset!r}; known presets: {', '.join(list_presets())}, custom")
         setup = self.services.setup(preset, parse_classes_text(classes), parse_descriptions_text(descriptions))
-        return Request(self.load(image, None if frame is None or frame < 0 else frame), setup,
+        return PredictRequest(self.load(image, None if frame is None or frame < 0 else frame), setup,
                        self.checkpoint_id(checkpoint, None))
 
     @user_errors("predict")
@@ -384,13 +422,15 @@ class PredictController:
 
         Args:
             image: the scan file.
-            preset: a preset name (btmri, busi, chmnist, covid, ctkidney, dermamnist, kneexray, kvasir, lungcolon, octmnist, retina) or "custom".
+            preset: a preset name (btmri, busi, chmnist, covid, ctkidney, dermamnist, kneexray, kvasir,
+                lungcolon, octmnist, retina) or "custom".
             checkpoint: "" or "zero-shot" for the clinical template, else an hf-hub: checkpoint id.
             classes: "" for the preset's classes, else a JSON list or one name per line (or comma-separated).
             descriptions: "" for the shipped bank, else a JSON object {class: [sentences]}.
             frame: frame of a multi-frame file (0-based); empty or negative for the middle one.
         Returns:
-            The label with confidences, and the details: probabilities per prompt source, top prompt contributions, modality check, image info.
+            The label with confidences, and the details: probabilities per prompt source, top prompt
+            contributions, modality check, image info.
         """
         req = self._api_request(image, preset, checkpoint, classes, descriptions, frame)
         outcome, header = self.run_predict(req)
@@ -458,39 +498,48 @@ def create_predict_tab(services: Services, session: gr.State) -> PredictHandles:
     with gr.Row(equal_height=False):
         with gr.Column(scale=5):
             image = gr.File(label="Scan (PNG, JPEG, TIFF or DICOM, with or without .dcm)", file_count="single",
-                            type="filepath", height=110, elem_id="scan-file")
+                            type="filepath", height=150, elem_id="scan-file")
             frame = gr.Slider(0, 1, value=0, step=1, label="Frame (multi-frame files)", visible=False)
             preview = gr.Image(label="Decoded image", type="pil", interactive=False, height=300, format="png",
                                buttons=[])
             image_info = gr.Markdown(elem_id="image-info")
             with gr.Accordion("Examples (with sources and licences)", open=True):
                 gallery = gr.Gallery(value=[(str(EXAMPLES_DIR / e["file"]), e["title"]) for e in examples],
-                                     columns=4, height=180, allow_preview=False, show_label=False,
+                                     elem_id="examples",
+                                     columns=4, height=270, allow_preview=False, show_label=False,
                                      object_fit="cover", interactive=False, buttons=[])
                 with gr.Accordion("Sources and licences", open=False):
                     gr.Markdown(examples_markdown(examples))
         with gr.Column(scale=7):
-            preset = gr.Dropdown(preset_choices(), value=DEFAULT_PRESET, label="Modality preset")
+            preset = gr.Dropdown(preset_choices(), value=DEFAULT_PRESET, label="Modality preset", elem_id="preset")
             preset_info = gr.Markdown(preset_markdown(DEFAULT_PRESET))
             checkpoint = gr.Dropdown(checkpoint_choices(DEFAULT_PRESET, None), value=ZERO_SHOT,
                                      allow_custom_value=True, label="Prompt checkpoint",
                                      info="Registry checkpoints need the network; any hf-hub: id can be typed.")
+            initial = ctl.preset_table(DEFAULT_PRESET)
             table = gr.Dataframe(
-                value=ctl.preset_table(DEFAULT_PRESET),
-                headers=fmt.TABLE_HEADERS, datatype="str", interactive=True, wrap=True,
-                column_widths=["24%", "76%"], max_height=330,
-                label="Classes and expert descriptions (edit cells; right-click a row to add or delete one)",
+                value=initial,
+                headers=fmt.TABLE_HEADERS, datatype="str", interactive=True, wrap=False,
+                column_widths=["28%", "72%"], max_height=260,
+                label="Classes and expert descriptions: double-click a cell to rename or edit; "
+                      "right-click a row to add or delete a class",
                 elem_id="class-table",
             )
             with gr.Row():
                 predict_btn = gr.Button("Predict", variant="primary", elem_id="predict-btn")
                 reset_btn = gr.Button("Reset to preset", variant="secondary")
-            with gr.Accordion("Generate descriptions for a class", open=False):
+            with gr.Accordion("Descriptions of one class: edit or generate", open=False):
                 with gr.Row():
-                    gen_class = gr.Dropdown([], label="Class", allow_custom_value=True)
+                    names = fmt.class_choices(initial)
+                    gen_class = gr.Dropdown(names, value=names[0], label="Class", allow_custom_value=True, scale=2)
+                    apply_btn = gr.Button("Apply to the table", scale=1)
+                desc_box = gr.Textbox(fmt.descriptions_text(initial, names[0]),
+                                      label="Descriptions, one sentence per line",
+                                      lines=5, max_lines=12)
+                with gr.Row():
                     gen_backend = gr.Radio([("Shipped bank (offline)", "retrieval"),
                                             ("HF Inference", "hf-inference"), ("Local model", "local")],
-                                           value="retrieval", label="Source")
+                                           value="retrieval", label="Generate with")
                     gen_n = gr.Slider(1, 30, value=10, step=1, label="Sentences")
                 with gr.Row():
                     gen_model = gr.Textbox(label="Model id (HF Inference or local)", placeholder="default LLM")
@@ -502,17 +551,20 @@ def create_predict_tab(services: Services, session: gr.State) -> PredictHandles:
     gr.Markdown("### Prediction")
     with gr.Row(equal_height=False):
         label = gr.Label(label="Prediction (learned prompt)", num_top_classes=10, elem_id="prediction-label")
-        sources = gr.Dataframe(label="Probability by prompt source", interactive=False, wrap=True)
+        sources = gr.Dataframe(headers=fmt.SOURCE_HEADERS, label="Probability by prompt source", interactive=False,
+                               wrap=True)
     modality_md = gr.Markdown(elem_id="modality-check")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
-            contrib_class = gr.Dropdown([], label="Prompt contributions for class", allow_custom_value=True)
+            contrib_class = gr.Dropdown([], label="Prompt contributions for class", allow_custom_value=True,
+                                        elem_id="contrib-class")
             contrib_plot = gr.BarPlot(x="prompt", y="contribution", color="source", sort="-y",
                                       x_label_angle=-35, height=320, label="Top prompt contributions",
                                       x_title="prompt", y_title="weight × τ × cosine")
         with gr.Column(scale=4):
-            contrib_table = gr.Dataframe(label="Contributions (weight × τ × cosine with the image)",
-                                         interactive=False, wrap=True, max_height=400)
+            contrib_table = gr.Dataframe(headers=fmt.DETAIL_COLUMNS, column_widths=["6%", "17%", "53%", "12%", "12%"],
+                                         label="Contributions (weight × τ × cosine with the image)",
+                                         interactive=False, wrap=True, max_height=400, elem_id="contrib-table")
 
     gr.Markdown("### Attention overlay — model attention, not lesion localisation")
     with gr.Row(equal_height=False):
@@ -527,7 +579,7 @@ def create_predict_tab(services: Services, session: gr.State) -> PredictHandles:
         with gr.Column(scale=5):
             overlay_img = gr.Image(label="Model attention, not lesion localisation", type="pil", format="png",
                                    interactive=False, height=360, elem_id="overlay")
-            caption = gr.Markdown()
+            caption = gr.Markdown(elem_id="overlay-caption")
 
     examples_state = gr.State(examples)
     pred_state = gr.State(None)
@@ -536,15 +588,17 @@ def create_predict_tab(services: Services, session: gr.State) -> PredictHandles:
     private = {"api_visibility": "private"}
 
     image.change(ctl.on_upload, [image], [frame, preview, image_info, *results], **private)
-    frame.release(ctl.on_frame, [image, frame], [preview, image_info], **private)
+    frame.release(ctl.on_frame, [image, frame], [preview, image_info, *results], **private)
     gallery.select(ctl.on_example, [examples_state, preset], [image, preset], **private)
-    preset.change(ctl.on_preset, [preset, session, table, checkpoint], [table, checkpoint, preset_info, gen_class],
-                  **private)
-    checkpoint.change(ctl.on_checkpoint, [checkpoint, preset, table, session], [table], **private)
-    reset_btn.click(ctl.on_reset, [preset], [table, gen_class], **private)
+    preset.change(ctl.on_preset, [preset, session, table, checkpoint],
+                  [table, checkpoint, preset_info, gen_class, desc_box], **private)
+    checkpoint.change(ctl.on_checkpoint, [checkpoint, preset, table, session], [table, checkpoint], **private)
+    reset_btn.click(ctl.on_reset, [preset], [table, gen_class, desc_box], **private)
     table.change(ctl.on_table_edit, [table, gen_class], [gen_class], show_progress="hidden", **private)
+    gen_class.change(ctl.on_class_pick, [table, gen_class], [desc_box], show_progress="hidden", **private)
+    apply_btn.click(ctl.on_apply, [table, gen_class, desc_box], [table], **private)
     gen_btn.click(ctl.on_generate, [preset, table, gen_class, gen_backend, gen_n, gen_token, gen_model],
-                  [table, gen_note], **private)
+                  [table, desc_box, gen_note], **private)
     inputs = [image, frame, preset, checkpoint, table, session]
     predict_btn.click(ctl.on_predict, inputs,
                       [label, sources, modality_md, contrib_class, contrib_plot, contrib_table, target, pred_state],

@@ -46,8 +46,8 @@ RANDOM_WEIGHTS_BANNER = (
     "contribution and attention map shown here is meaningless."
 )
 FALLBACK_BANNER = (
-    "The default BiomedCLIP backbone could not be loaded ({reason}); the app runs on the "
-    "'tiny' test backbone instead. "
+    "The default BiomedCLIP backbone could not be downloaded from the Hugging Face Hub and is not "
+    "in the local cache, so the app runs on the 'tiny' test backbone instead. "
 )
 GENERATOR_BACKENDS = ("retrieval", "hf-inference", "local")
 EXPLAIN_METHODS = ("gradcam", "rollout")
@@ -139,8 +139,8 @@ class Services:
         except BackboneError as exc:
             if self.spec != DEFAULT_BACKBONE:
                 raise  # an explicit choice that fails is the user's to fix, not to paper over
-            self._fallback_reason = _short_reason(exc)
-            log.warning("default backbone unavailable (%s); falling back to %r", self._fallback_reason, TINY_SPEC)
+            self._fallback_reason = str(exc)
+            log.warning("default backbone unavailable (%s); falling back to %r", exc, TINY_SPEC)
             return load_backbone(TINY_SPEC, self.device)
 
     @property
@@ -153,7 +153,7 @@ class Services:
         backbone = self.backbone
         text = ""
         if self._fallback_reason:
-            text += FALLBACK_BANNER.format(reason=self._fallback_reason)
+            text += FALLBACK_BANNER  # the reason itself is in the log
         if backbone.random_weights:
             text += RANDOM_WEIGHTS_BANNER.format(spec=backbone.spec)
         return text or None
@@ -306,9 +306,3 @@ def _explain_on_device(predictor: Predictor, image: Image.Image, text_feature, t
     if text_feature is None:
         return attention_rollout(predictor.model, image)
     return gradcam(predictor.model, image, text_feature, target=target)
-
-
-def _short_reason(exc: Exception) -> str:
-    """The first clause of a BackboneError, short enough for a banner."""
-    text = str(exc).split(". ")[0]
-    return text if len(text) <= 200 else text[:197] + "..."

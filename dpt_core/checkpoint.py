@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any

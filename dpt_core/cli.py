@@ -74,19 +74,22 @@ def _setup(args, ckpt, protocol="few_shot"):
     return setup_classes(args.preset, classes, desc, protocol)
 
 
+def _split_file(args) -> str | None:
+    """--split-file, else the one split_*.json in the data folder, else None (an image folder)."""
+    if args.split_file:
+        return args.split_file
+    found = sorted(Path(args.data).glob("split_*.json")) if Path(args.data).is_dir() else []
+    return str(found[0]) if len(found) == 1 else None
+
+
 def _load_data(args, class_names, split: str):
     """(class names, records) from an image folder or a dataset root with a split file."""
     from .data import read_split_file, scan_image_folder
 
-    root = Path(args.data)
-    split_file = args.split_file
-    if not split_file and root.is_dir():
-        found = sorted(root.glob("split_*.json"))
-        if len(found) == 1:
-            split_file = str(found[0])
+    split_file = _split_file(args)
     if split_file:
-        return read_split_file(root, split_file, split)
-    return scan_image_folder(root, class_names)
+        return read_split_file(Path(args.data), split_file, split)
+    return scan_image_folder(Path(args.data), class_names)
 
 
 def _print_json(obj) -> None:
@@ -129,18 +132,17 @@ def cmd_train(args) -> int:
     from .losses import LossWeights
     from .train import TrainConfig
     from .visual import VisualPromptConfig
-    from .workflow import evaluate_on, save_trained, train_prompts, zero_shot_model
+    from .workflow import save_trained, train_prompts
 
     protocol = args.protocol.replace("-", "_")
     setup = _setup(args, None, protocol)
     backbone = _backbone(args)
     class_names, records = _load_data(args, setup.class_names, "train")
-    if args.preset and len(class_names) != len(setup.class_names):
-        raise CLIError(f"the data has {len(class_names)} classes, preset {args.preset} has {len(setup.class_names)}")
+    if [c.casefold() for c in class_names] != [c.casefold() for c in setup.class_names]:
+        print(f"warning: training on the data's classes {class_names}, not the preset's", file=sys.stderr)
     base_ids, novel_ids = base_novel_split(len(class_names)) if protocol == "base2novel" else (list(range(len(class_names))), [])
-    records = [r for r in records if r.label in base_ids]
-    train_records = few_shot(records, args.shots, args.seed)
-    full_setup = setup
+    train_records = few_shot([r for r in records if r.label in base_ids], args.shots, args.seed)
+    full_setup = _subset_setup(setup, class_names, range(len(class_names)))
     setup = _subset_setup(setup, class_names, base_ids)
     weights = LossWeights(
         args.l1 if args.l1 is not None else setup.loss_weights.l1,
@@ -159,28 +161,31 @@ def cmd_train(args) -> int:
     visual = VisualPromptConfig(layout=args.visual_layout)
     outcome = train_prompts(backbone, setup, data, config, args.teacher, visual, on_step=on_step)
     metrics = {}
-    if args.split_file or list(Path(args.data).glob("split_*.json")):
+    if _split_file(args):
         _, test = _load_data(args, class_names, "test")
         metrics = _test_metrics(outcome, full_setup, class_names, test, base_ids, novel_ids, weights, backbone)
         if protocol == "base2novel":
             metrics["harmonic_mean"] = harmonic_mean(metrics["base_accuracy"], metrics["novel_accuracy"])
         print("test: " + json.dumps(metrics), file=sys.stderr)
+    description = args.data_description or "Not described by the person who trained it."
     out = save_trained(args.out, outcome, setup, config, metrics,
-                       data_description=f"{len(data)} images ({args.shots} shots/class) from {Path(args.data).name}",
+                       data_description=f"{description} ({len(data)} training images, {args.shots} shots per class, "
+                                        f"from {Path(args.data).name}.)",
                        protocol=protocol, training_extra={"shots": args.shots, "data": Path(args.data).name})
     print(str(out))
     return 0
 
 
 def _subset_setup(setup, class_names, ids):
+    """The setup restricted to (and named after) the data's classes ``ids``."""
     from dataclasses import replace
 
     names = [class_names[i] for i in ids]
-    return replace(setup, class_names=names, descriptions={n: setup.descriptions.get(n, []) for n in names}
-                   if set(names) <= set(setup.descriptions) else _resolve(setup, names))
+    return replace(setup, class_names=names, descriptions=_resolve(setup, names))
 
 
 def _resolve(setup, names):
+    """Descriptions of ``names``: the setup's own (user overrides included), else the preset bank."""
     from .descriptions import resolve_descriptions
 
     return resolve_descriptions(names, setup.preset.name if setup.preset else None, setup.descriptions)
@@ -341,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--l1", type=float, help="override lambda_L1")
     sp.add_argument("--kl", type=float, help="override lambda_KL")
     sp.add_argument("--visual-layout", choices=["reference", "insert"], default="reference")
+    sp.add_argument("--data-description", help="what the training images are (source, licence, population); "
+                                               "goes into the model card")
     sp.set_defaults(func=cmd_train)
 
     sp = sub.add_parser("evaluate", help="accuracy, confusion matrix and loss parts")

@@ -119,7 +119,7 @@ def check_modality(
     names, text = modality_features(backbone)
     f = F.normalize(feature.reshape(-1).float().to(text.device), dim=-1)
     probs = torch.softmax(backbone.logit_scale().float().to(text.device) * (text @ f), dim=0)
-    scores = {n: float(p) for n, p in zip(names, probs)}
+    scores = {n: float(p) for n, p in zip(names, probs, strict=True)}
     best = max(scores, key=scores.get)
     expected_key = _match(expected, names)
     gap = scores[best] - scores[expected_key] if expected_key else 0.0

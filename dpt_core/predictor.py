@@ -25,7 +25,7 @@ from .checkpoint import PromptCheckpoint
 from .combine import CombinationNet
 from .features import encode_images
 from .model import BiomedDPT
-from .prompt_bank import SOURCES, PromptBank, build_prompt_bank
+from .prompt_bank import SOURCES, build_prompt_bank
 from .ranking import score_prompts, top_k_mask
 from .teacher import DEFAULT_TOP_K
 from .visual import VisualPromptConfig

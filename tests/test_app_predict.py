@@ -24,12 +24,15 @@ from app.predict_tab import PREDICTED, ZERO_SHOT, PredictController, checkpoint_
 from app.services import Services
 from app.session import add_trained, cleanup_session_state, new_session_state, session_dir
 from dpt_core import modality
-from dpt_core.backbone import DEFAULT_BACKBONE, BackboneError
+from dpt_core.backbone import BackboneError
 from dpt_core.checkpoint import make_config, save_checkpoint
 from dpt_core.model import BiomedDPT
 from dpt_core.registry import entries_for
 
 REPO = Path(__file__).resolve().parent.parent
+# gr.Warning outside a request falls back to warnings.warn; tests that care use pytest.warns.
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:gradio.helpers")
+
 SECRET_NAME = "Doe^Jane^Secretname"
 SECRET_ID = "PID-SECRET-4711"
 
@@ -84,8 +87,9 @@ def write_dicom(path: Path, frames: int = 1, pixels: bool = True, size: int = 32
     if frames > 1:
         ds.NumberOfFrames = frames
     if pixels:
-        arr = np.stack([np.full((size, size), 20 + 40 * f, dtype=np.uint8) for f in range(frames)])
-        arr[:, size // 4: size // 2, size // 4: size // 2] = 255  # some structure
+        arr = np.full((frames, size, size), 20, dtype=np.uint8)
+        for f in range(frames):  # a bright square that moves down one row per frame
+            arr[f, f + 4: f + 12, 8:16] = 255
         ds.PixelData = arr.tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
@@ -107,7 +111,7 @@ def error_of(fn, *args) -> str:
         fn(*args)
     message = info.value.message
     assert message and "Traceback" not in message and "File \"" not in message
-    return message
+    return message.lower()  # callers match case-insensitively
 
 
 def predict(ctl, path, table, preset="btmri", checkpoint=ZERO_SHOT, frame=0, state=None):
@@ -116,8 +120,12 @@ def predict(ctl, path, table, preset="btmri", checkpoint=ZERO_SHOT, frame=0, sta
 
 # ---------------------------------------------------------------------------- start-up
 
-def test_services_are_lazy_and_importing_app_loads_no_backbone():
+def test_services_are_lazy():
     assert not Services("tiny").loaded  # nothing is built until asked for
+
+
+@pytest.mark.slow
+def test_importing_app_loads_no_backbone():
     code = ("import app, app.main, app.predict_tab, app.services, app.session, app.formatting;"
             "from dpt_core import backbone; assert not backbone._CACHE, backbone._CACHE")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=300)
@@ -133,23 +141,23 @@ def test_unreachable_default_falls_back_to_tiny_with_banner(monkeypatch, tiny):
 
     def fake_load(spec, device=None):
         if spec != "tiny":
-            raise BackboneError(f"could not load {spec} from the Hugging Face Hub (OfflineModeIsEnabled: offline). More")
+            raise BackboneError(f"could not load {spec} from the Hugging Face Hub (OfflineModeIsEnabled). More")
         return tiny
 
     monkeypatch.setattr(svc, "load_backbone", fake_load)
     monkeypatch.delenv("DPT_BACKBONE", raising=False)
     s = Services()
     assert s.backbone is tiny
-    assert "could not be loaded" in s.banner and "meaningless" in s.banner
+    assert "could not be downloaded" in s.banner and "meaningless" in s.banner
     with pytest.raises(BackboneError):  # an explicit, non-default spec that fails is not papered over
-        Services("local-dir:/nowhere").backbone
+        _ = Services("local-dir:/nowhere").backbone
 
 
 def test_build_demo_has_notice_banner_and_named_endpoints(services):
     demo = build_demo(services)
-    config = json.dumps(demo.get_config_file())
-    assert "not a medical device, not for diagnosis" in config
-    assert "predictions" in config and "meaningless" in config  # the random-weights banner
+    html = " ".join(str(b.value) for b in demo.blocks.values() if isinstance(b, gr.HTML))
+    assert "not a medical device, not for diagnosis" in html
+    assert "meaningless" in html  # the random-weights banner
     endpoints = demo.get_api_info()["named_endpoints"]
     assert [p["parameter_name"] for p in endpoints["/predict"]["parameters"]][:2] == ["image", "preset"]
     assert all(p["parameter_has_default"] for p in endpoints["/predict"]["parameters"][2:])
@@ -162,7 +170,8 @@ def test_build_demo_has_notice_banner_and_named_endpoints(services):
 
 def _corrupt(tmp: Path) -> Path:
     p = tmp / "corrupt.png"
-    p.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)  # a PNG signature, then garbage
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(p)
+    p.write_bytes(p.read_bytes()[:400])  # cut short: a valid header, then nothing
     return p
 
 
@@ -232,14 +241,18 @@ def test_empty_description_is_allowed_and_explained(ctl, ct_path, btmri_table):
 
 def test_offline_registry_checkpoint_is_a_clear_message(ctl, ct_path, btmri_table):
     entry = entries_for("btmri")[0]
-    message = error_of(ctl.on_checkpoint, entry.id, "btmri", btmri_table, None)
-    assert "Hugging Face Hub" in message and "zero-shot" in message
-    assert "Hugging Face Hub" in error_of(predict, ctl, ct_path, btmri_table, "btmri", entry.id)
+    with pytest.warns(UserWarning, match="Hugging Face Hub") as caught:  # gr.Warning outside a request
+        table_update, ckpt_update = ctl.on_checkpoint(entry.id, "btmri", btmri_table, None)
+    assert "zero-shot" in str(caught[0].message) and ckpt_update["value"] == ZERO_SHOT
+    assert "hugging face hub" in error_of(predict, ctl, ct_path, btmri_table, "btmri", entry.id)
 
 
-def test_local_paths_are_refused_as_checkpoint_ids(ctl, tmp_path):
-    message = error_of(ctl.on_checkpoint, str(tmp_path), "btmri", None, None)
-    assert "hf-hub:" in message
+def test_local_paths_are_refused_as_checkpoint_ids(ctl, tmp_path, ct_path, btmri_table, monkeypatch):
+    with pytest.warns(UserWarning, match="hf-hub:"):
+        assert ctl.on_checkpoint(str(tmp_path), "btmri", None, None)[1]["value"] == ZERO_SHOT
+    assert "hf-hub:" in error_of(predict, ctl, ct_path, btmri_table, "btmri", str(tmp_path))
+    monkeypatch.setenv("DPT_ALLOW_LOCAL_CHECKPOINTS", "1")  # an operator's private deployment
+    assert "needs config.json" in error_of(predict, ctl, ct_path, btmri_table, "btmri", str(tmp_path))
 
 
 # ---------------------------------------------------------------------------- happy paths
@@ -270,8 +283,9 @@ def test_upload_preview_and_frame_slider(ctl, tmp_path, ct_path):
     slider, preview, info, *_ = ctl.on_upload(multi)
     assert slider["visible"] is True and slider["maximum"] == 4 and slider["value"] == 2
     assert "frame 3 of 5" in info and "modality MR" in info and "body part BRAIN" in info
-    last, info_last = ctl.on_frame(multi, 4)
-    assert "frame 5 of 5" in info_last and np.asarray(last).mean() > np.asarray(preview).mean()
+    last, info_last, *cleared = ctl.on_frame(multi, 4)
+    assert all(v in (None, "") for v in cleared)
+    assert "frame 5 of 5" in info_last and not np.array_equal(np.asarray(last), np.asarray(preview))
     assert "frame 7 does not exist" in error_of(ctl.on_frame, multi, 7)
     out = ctl.on_predict(multi, 4, "btmri", ZERO_SHOT, ctl.preset_table("btmri"), None)
     assert abs(sum(out[0].values()) - 1) < 1e-4
@@ -312,10 +326,11 @@ def test_class_add_remove_rename(ctl, ct_path, btmri_table):
 
 
 def test_reset_and_preset_change(ctl, btmri_table):
-    table, gen_class = ctl.on_reset("btmri")
+    table, gen_class, text = ctl.on_reset("btmri")
     pd.testing.assert_frame_equal(table, btmri_table)
-    assert gen_class["value"] == "glioma tumor"
-    new_table, ckpt, info, gen = ctl.on_preset("busi", None, btmri_table, ZERO_SHOT)
+    assert gen_class["value"] == "glioma tumor" and text.count("\n") == 29  # 30 sentences, one per line
+    new_table, ckpt, info, gen, text = ctl.on_preset("busi", None, btmri_table, ZERO_SHOT)
+    assert gen["value"] == "benign tumor" and text.splitlines()[0] in new_table.iloc[0, 1]
     assert list(new_table[fmt.CLASS_COL]) == ["benign tumor", "malignant tumor", "normal scan"]
     assert ckpt["value"] == ZERO_SHOT and any(v == e.id for _, v in ckpt["choices"] for e in entries_for("busi"))
     assert "Breast ultrasound" in info
@@ -323,15 +338,31 @@ def test_reset_and_preset_change(ctl, btmri_table):
     assert list(custom[fmt.CLASS_COL]) == list(btmri_table[fmt.CLASS_COL])  # custom starts from the table
 
 
+def test_one_class_text_editor(ctl, btmri_table):
+    text = ctl.on_class_pick(btmri_table, "normal brain")
+    assert text.splitlines() == fmt.split_descriptions(btmri_table.iloc[3, 1])
+    table = ctl.on_apply(btmri_table, "normal brain", "First new finding.\n\nSecond new finding.\n")
+    assert table.iloc[3, 1] == "First new finding. | Second new finding."
+    assert table.iloc[0, 1] == btmri_table.iloc[0, 1]
+    assert ctl.on_apply(btmri_table, "normal brain", "").iloc[3, 1] == ""  # no descriptions is allowed
+    assert "choose a class" in error_of(ctl.on_apply, btmri_table, "zebra", "x")
+    assert "longer than" in error_of(ctl.on_apply, btmri_table, "normal brain", "y" * 401)
+    picker = ctl.on_table_edit(table.iloc[:2], "normal brain")  # class deleted: the picker moves on
+    assert picker["value"] == "glioma tumor" and picker["choices"] == [("glioma tumor", "glioma tumor"),
+                                                                       ("meningioma tumor", "meningioma tumor")] \
+        or picker["choices"] == ["glioma tumor", "meningioma tumor"]
+
+
 def test_generate_descriptions_with_the_shipped_bank(ctl, btmri_table):
-    table, note = ctl.on_generate("btmri", btmri_table, "glioma tumor", "retrieval", 5, None, None)
+    table, text, note = ctl.on_generate("btmri", btmri_table, "glioma tumor", "retrieval", 5, None, None)
     cell = table.loc[table[fmt.CLASS_COL] == "glioma tumor", fmt.DESC_COL].item()
     assert len(fmt.split_descriptions(cell)) == 5 and "not generated" in note
+    assert text.splitlines() == fmt.split_descriptions(cell)
     assert table.iloc[1, 1] == btmri_table.iloc[1, 1]  # other classes untouched
     # a class the bank lacks: the nearest one, and the note says so
     table2 = btmri_table.copy()
     table2.loc[9] = ["pituitary adenoma", ""]
-    table2, note2 = ctl.on_generate("btmri", table2, "pituitary adenoma", "retrieval", 3, None, None)
+    table2, _, note2 = ctl.on_generate("btmri", table2, "pituitary adenoma", "retrieval", 3, None, None)
     assert "nearest class" in note2
     assert "choose the class" in error_of(ctl.on_generate, "btmri", btmri_table, None, "retrieval", 3, None, None)
 
@@ -443,12 +474,14 @@ def test_session_state_lifecycle_and_trained_checkpoints(ctl, services, ct_path,
     assert ("my run (trained in this session)", str(folder)) in choices
     assert ctl.checkpoint_id("my run", state) == str(folder) == ctl.checkpoint_id(str(folder), state)
     # the checkpoint's classes come into the table when it is chosen
-    table = ctl.on_checkpoint(str(folder), "btmri", btmri_table, state)
-    assert list(table[fmt.CLASS_COL]) == ["cat scan", "dog scan"]
+    table, ckpt_update = ctl.on_checkpoint(str(folder), "btmri", btmri_table, state)
+    assert list(table[fmt.CLASS_COL]) == ["cat scan", "dog scan"] and ckpt_update == gr.update()
     label = predict(ctl, ct_path, table, "custom", str(folder), state=state)[0]
     assert set(label) == {"cat scan", "dog scan"}
     # a preset change keeps a trained checkpoint selected, resets anything else
-    assert ctl.on_preset("busi", state, table, str(folder))[1]["value"] == str(folder)
+    kept_table, kept, *_ = ctl.on_preset("busi", state, table, str(folder))
+    assert kept["value"] == str(folder) and list(kept_table[fmt.CLASS_COL]) == ["cat scan", "dog scan"]
+    assert ctl.on_preset("busi", state, table, ZERO_SHOT)[1]["value"] == ZERO_SHOT
     cleanup_session_state(state)
     assert not Path(state["dir"]).exists() and state["trained"] == {}
     cleanup_session_state(state)  # idempotent
@@ -489,3 +522,21 @@ def test_api_functions_in_process(ctl, ct_path):
     _, info_phrase = ctl.api_explain(ct_path, "btmri", "a bright round spot")
     assert info_phrase["target"] == "a bright round spot"
     assert "descriptions" in error_of(ctl.api_predict, ct_path, "btmri", None, None, "{not json")
+
+
+# ---------------------------------------------------------------------------- launching
+
+def test_main_launches_with_privacy_defaults(monkeypatch):
+    import app.main as app_main
+
+    seen: dict = {}
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: seen.update(kw, demo=self))
+    monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
+    app_main.main(["--backbone", "tiny", "--port", "7999", "--log-level", "WARNING"])
+    assert seen["server_port"] == 7999 and seen["server_name"] is None  # None: Gradio reads GRADIO_SERVER_NAME
+    assert seen["run_history"] is False and seen["share"] is False and seen["show_error"] is False
+    demo = seen["demo"]
+    assert demo.analytics_enabled is False and demo.delete_cache == app_main.CACHE_LIFETIME
+    seen.clear()
+    app_main.main(["--backbone", "tiny", "--share", "--host", "0.0.0.0", "--log-level", "WARNING"])
+    assert seen["share"] is True and seen["server_name"] == "0.0.0.0" and seen["server_port"] is None

@@ -19,7 +19,6 @@ from pydicom.uid import (
     CTImageStorage,
     ExplicitVRLittleEndian,
     HTJ2K,
-    ImplicitVRLittleEndian,
     MPEG2MPML,
     UID,
     generate_uid,

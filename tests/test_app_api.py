@@ -1,0 +1,123 @@
+"""The public API through gradio_client: /predict and /explain on a launched demo (loopback only, tiny backbone)."""
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from app.main import build_demo, launch_options
+from app.services import Services
+
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def loopback_only():
+    """Any connection to a non-loopback address fails the test: the API test never touches the network."""
+    mp = pytest.MonkeyPatch()
+    real_connect = socket.socket.connect
+
+    def guarded(self, address):
+        host = address[0] if isinstance(address, tuple) else address
+        if isinstance(host, str) and host not in LOOPBACK and self.family in (socket.AF_INET, socket.AF_INET6):
+            raise AssertionError(f"network access attempted: {host}")
+        return real_connect(self, address)
+
+    mp.setattr(socket.socket, "connect", guarded)
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def server(tiny):
+    demo = build_demo(Services(tiny))
+    demo.queue(default_concurrency_limit=2)
+    options = launch_options()
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=_free_port(),
+                            quiet=True, **options)
+    try:
+        yield url
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(server, tmp_path_factory):
+    from gradio_client import Client
+
+    return Client(server, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
+
+
+@pytest.fixture(scope="module")
+def ct_path() -> str:
+    from pydicom.data import get_testdata_file
+
+    return get_testdata_file("CT_small.dcm")
+
+
+def test_predict_endpoint(client, ct_path):
+    from gradio_client import handle_file
+
+    label, details = client.predict(handle_file(ct_path), "btmri", api_name="/predict")
+    confidences = {c["label"]: c["confidence"] for c in label["confidences"]}
+    assert set(confidences) == {"glioma tumor", "meningioma tumor", "pituitary tumor", "normal brain"}
+    assert abs(sum(confidences.values()) - 1.0) < 1e-3
+    assert label["label"] == max(confidences, key=confidences.get) == details["prediction"]
+    assert set(details["contributions"]["sources"]) == {"learned", "templates", "descriptions"}
+    assert details["image"]["format"] == "DICOM" and details["image"]["meta"]["modality"] == "CT"
+    assert details["modality_check"]["dicom_header"]  # CT in the header, MRI in the preset
+
+
+def test_predict_with_custom_classes_by_keyword(client, ct_path):
+    from gradio_client import handle_file
+
+    label, _ = client.predict(image=handle_file(ct_path), preset="custom", classes="calcified nodule\nnormal lung",
+                              api_name="/predict")
+    assert {c["label"] for c in label["confidences"]} == {"calcified nodule", "normal lung"}
+
+
+def test_explain_endpoint(client, ct_path):
+    from gradio_client import handle_file
+    from PIL import Image
+
+    overlay_path, info = client.predict(handle_file(ct_path), "btmri", api_name="/explain")
+    assert Path(overlay_path).is_file()
+    with Image.open(overlay_path) as im:
+        assert im.size == (224, 224)
+    assert info["method"] == "gradcam" and "not lesion localisation" in info["note"]
+    rollout_path, info2 = client.predict(handle_file(ct_path), "btmri", method="rollout", alpha=0.8,
+                                         api_name="/explain")
+    assert Path(rollout_path).is_file() and info2["method"] == "rollout"
+
+
+def test_bad_input_is_a_readable_error(client, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    with pytest.raises(AppError) as info:
+        client.predict(handle_file(str(bad)), "btmri", api_name="/predict")
+    assert "not an image file" in str(info.value) and "Traceback" not in str(info.value)
+
+
+def test_concurrent_calls(client, ct_path):
+    from gradio_client import handle_file
+
+    jobs = [client.submit(handle_file(ct_path), "btmri", api_name=name)
+            for name in ("/predict", "/explain", "/predict", "/explain")]
+    results = [job.result(timeout=180) for job in jobs]
+    assert all(r[0] for r in results)
+
+
+def test_only_the_documented_endpoints_of_this_tab_are_public(client):
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert "/predict" in endpoints and "/explain" in endpoints
+    assert not any(name.startswith("/on_") and "predict" in name for name in endpoints)

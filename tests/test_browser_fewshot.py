@@ -1,0 +1,154 @@
+"""The Few-shot tab in a real browser: upload two classes, consent, train on tiny, use in Predict, predict.
+
+Headless Debian Chromium through Playwright (never ``playwright install``); the demo runs
+in-process on a free loopback port with the tiny backbone. A screenshot of the page after
+training and one after the prediction are written under ``tmp_path``.
+"""
+from __future__ import annotations
+
+import shutil
+import socket
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import synthetic_image
+
+CHROMIUM = "/usr/bin/chromium"
+EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "examples"
+CLASSES = ["glioma tumor", "normal brain"]
+TIMEOUT_MS = 180_000
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing: the browser test needs Debian's chromium package")
+    pytest.importorskip("playwright.sync_api", reason="playwright (the Python package) is not installed")
+    from app.main import build_demo, launch_options
+    from app.services import Services
+
+    demo = build_demo(Services(tiny))
+    demo.queue(default_concurrency_limit=2)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=_free_port(),
+                            quiet=True, **launch_options())
+    try:
+        yield url
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        try:
+            pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+            pg.set_default_timeout(60_000)
+            pg.goto(server)
+            yield pg
+        finally:
+            browser.close()
+
+
+def _class_images(tmp_path: Path) -> list[list[str]]:
+    """Four synthetic PNGs plus one shipped example per class: 5 each, enough for a held-out check."""
+    out = []
+    for label, example in enumerate(["mr_shoulder.png", "ct_small.png"]):
+        files = []
+        for i in range(4):
+            path = tmp_path / CLASSES[label].replace(" ", "_") / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            synthetic_image(label, np.random.default_rng(10 * label + i), 96).save(path)
+            files.append(str(path))
+        files.append(shutil.copy(EXAMPLES / example, path.parent / example))
+        out.append(files)
+    return out
+
+
+def test_train_then_predict_in_the_browser(page, tmp_path):
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="Few-shot adaptation").click()
+    page.locator("#fewshot-classes textarea").fill("\n".join(CLASSES))
+    expect(page.locator("#fewshot-files-2")).to_be_hidden()  # two classes: two cards
+    for i, files in enumerate(_class_images(tmp_path)):
+        page.locator(f"#fewshot-files-{i} input[type=file]").set_input_files(files)
+        expect(page.locator(f"#fewshot-count-{i}")).to_contain_text("5 images", timeout=TIMEOUT_MS)
+    expect(page.locator("#fewshot-gallery-0 img").first).to_be_visible()
+
+    train = page.locator("#fewshot-train")
+    expect(train).to_be_disabled()  # consent gates the button
+    page.get_by_text("Advanced", exact=True).click()
+    epochs = page.locator("#fewshot-epochs input[type=number]")
+    epochs.fill("4")
+    epochs.press("Tab")
+    page.locator("#fewshot-consent input[type=checkbox]").check()
+    expect(train).to_be_enabled()
+    train.click()
+
+    summary = page.locator("#fewshot-summary")
+    expect(summary).to_contain_text("Held-out check", timeout=TIMEOUT_MS)
+    expect(summary).to_contain_text("adapted prompt")
+    expect(page.locator("#fewshot-download")).to_be_visible()
+    expect(page.locator("#fewshot-loss .role-legend")).to_contain_text("total")
+    assert page.locator("#fewshot-loss .mark-line path").count() == 4  # total, ce, l1, kl drawn
+    page.screenshot(path=str(tmp_path / "fewshot_result.png"), full_page=True)
+    with page.expect_download() as download:
+        page.locator("#fewshot-download").click()
+    archive = tmp_path / "checkpoint.zip"
+    download.value.save_as(archive)
+    with zipfile.ZipFile(archive) as zf:
+        assert sorted(n.rsplit("/", 1)[-1] for n in zf.namelist()) == ["README.md", "config.json",
+                                                                       "prompts.safetensors"]
+
+    page.locator("#fewshot-use").click()
+    expect(page.get_by_role("tab", name="Predict")).to_have_attribute("aria-selected", "true")
+    page.locator("#scan-file input[type=file]").set_input_files(str(EXAMPLES / "mr_shoulder.png"))
+    expect(page.locator("#image-info")).not_to_be_empty(timeout=TIMEOUT_MS)
+    page.locator("#predict-btn").click()
+    label = page.locator("#prediction-label")
+    page.wait_for_function(
+        "names => names.some(n => (document.querySelector('#prediction-label')?.innerText || '').includes(n))",
+        arg=CLASSES, timeout=TIMEOUT_MS)
+    text = label.inner_text()
+    assert any(c in text for c in CLASSES)
+    assert "meningioma" not in text  # the checkpoint's two classes, not the preset's four
+    page.screenshot(path=str(tmp_path / "fewshot_predict.png"), full_page=True)
+    print(f"screenshots: {tmp_path}")
+
+
+def test_zip_import_fills_the_cards_in_the_browser(page, server, tmp_path):
+    from playwright.sync_api import expect
+
+    archive = tmp_path / "data.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for label, folder in enumerate(["benign", "malignant_tumour"]):
+            for i in range(3):
+                path = tmp_path / f"{folder}{i}.png"
+                synthetic_image(label, np.random.default_rng(i), 64).save(path)
+                zf.write(path, f"export/{folder}/{i}.png")
+    page.goto(server)
+    page.get_by_role("tab", name="Few-shot adaptation").click()
+    page.locator("#fewshot-preset input").click()
+    page.get_by_role("option", name="Custom classes").click()
+    expect(page.locator("#fewshot-classes textarea")).to_have_value("")
+    page.get_by_text("Or upload one zip with a folder per class").click()
+    page.locator("#fewshot-zip input[type=file]").set_input_files(str(archive))
+    expect(page.locator("#fewshot-classes textarea")).to_have_value("benign\nmalignant tumour", timeout=TIMEOUT_MS)
+    for i in range(2):
+        expect(page.locator(f"#fewshot-count-{i}")).to_contain_text("3 images", timeout=TIMEOUT_MS)
+    expect(page.locator("#fewshot-files-2")).to_be_hidden()
+    page.screenshot(path=str(tmp_path / "fewshot_zip.png"), full_page=True)
