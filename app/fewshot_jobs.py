@@ -57,7 +57,14 @@ from dpt_core.predictor import check_class_names
 from dpt_core.teacher import TEACHER_MODES
 from dpt_core.train import StepInfo, TrainConfig
 from dpt_core.visual import LAYOUTS, VisualPromptConfig
-from dpt_core.workflow import ClassSetup, evaluate_on, holdout_split, save_trained, train_prompts, zero_shot_model
+from dpt_core.workflow import (
+    ClassSetup,
+    evaluate_on,
+    holdout_split,
+    save_trained,
+    train_prompts,
+    zero_shot_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -573,7 +580,8 @@ def run_fewshot(
     reason = "" if check else no_check_reason(data.labels, setup.class_names)
 
     report(Status("saving", "Saving the checkpoint...", 1.0, elapsed_s=time.perf_counter() - start))
-    folder = save_trained(out_dir, outcome, setup, config, _metrics(check, reason, outcome.fit.stopped),
+    folder = save_trained(out_dir, outcome, setup, config,
+                          _metrics(check, reason, outcome.fit.stopped, len(outcome.fit.history)),
                           data_description=data_description.strip())
     timings["total_s"] = time.perf_counter() - start
     log.info("few-shot training: %d images, %d epochs, %.1f s (encode %.1f, train %.1f)", len(data),
@@ -586,11 +594,14 @@ def run_fewshot(
     )
 
 
-def _metrics(check: HeldOutCheck | None, reason: str, stopped: bool) -> dict:
+def _metrics(check: HeldOutCheck | None, reason: str, stopped: bool, epochs_done: int = 1) -> dict:
     """What the model card reports, with its caveats spelled out."""
     caveat = ("Few-shot result from a handful of images uploaded in one session; not a clinical "
               "validation. Accuracy on so few images changes by a large step with each image.")
-    if stopped:
+    if stopped and epochs_done == 0:
+        caveat += (" Training was stopped before its first epoch completed: the prompt is the untrained "
+                   "(zero-shot) clinical template.")
+    elif stopped:
         caveat += " Training was stopped early; the best completed epoch (lowest mean loss) was kept."
     if check is None:
         return {"heldout_check": reason, "caveat": caveat}

@@ -66,6 +66,7 @@ from .fewshot_jobs import (
     summarize_card,
     zip_checkpoint,
 )
+from .formatting import clip_message
 from .services import CUSTOM, Services
 from .session import add_trained, new_session_state, session_dir, trained_checkpoints
 
@@ -144,7 +145,7 @@ def _esc(text: str) -> str:
 
 def _error(message: str, title: str = "Error") -> gr.Error:
     """A user-facing error: escaped (the modal renders HTML), line breaks kept, no server-side traceback."""
-    return gr.Error(_esc(message).replace("\n", "<br>"), title=title, print_exception=False)
+    return gr.Error(_esc(clip_message(message)).replace("\n", "<br>"), title=title, print_exception=False)
 
 
 def preset_choices() -> list[tuple[str, str]]:
@@ -374,7 +375,9 @@ def _finish(job: TrainingJob[FewShotResult], ui: _Ui) -> dict:
     archive = zip_checkpoint(r.folder)
     last = {"label": checkpoint_label(r), "folder": str(r.folder), "zip": str(archive), "preset": r.preset}
     return {
-        ui.status: "**Done.**" if not r.stopped else "**Stopped early** - the best completed epoch was kept.",
+        ui.status: ("**Done.**" if not r.stopped else
+                    "**Stopped early** - the best completed epoch was kept." if r.history else
+                    "**Stopped** before the first epoch completed - the checkpoint is the zero-shot prompt."),
         ui.plot: plot_value(r.history),
         ui.result: gr.update(visible=True),
         ui.summary: summary_markdown(r),

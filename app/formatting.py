@@ -240,12 +240,20 @@ def friendly_error(exc: BaseException) -> str | None:
     """The message to show for an expected error (HTML-escaped), or None for an unexpected one."""
     for kind, prefix in _PREFIXES:
         if isinstance(exc, kind):
-            text = str(exc).strip() or type(exc).__name__
+            text = clip_message(str(exc).strip() or type(exc).__name__)
             message = prefix + text if prefix else text[:1].upper() + text[1:]
             if isinstance(exc, HubError) and ("offline" in text or "reach" in text):
                 message = message.rstrip(".") + "." + HUB_HINT
             return escape(message)
     return None
+
+
+MAX_MESSAGE_CHARS = 600
+
+
+def clip_message(text: str) -> str:
+    """Error messages may quote user input (a class name, a preset): never echo megabytes back."""
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[:MAX_MESSAGE_CHARS] + " ... (message shortened)"
 
 
 def escape(text: Any) -> str:

@@ -16,7 +16,12 @@ import gradio as gr
 from dpt_core.backbone import BackboneError
 
 from . import formatting as fmt
-from .predict_tab import EXAMPLES_DIR, PredictHandles, checkpoint_choices, create_predict_tab
+from .predict_tab import (
+    EXAMPLES_DIR,
+    PredictHandles,
+    checkpoint_choices,
+    create_predict_tab,
+)
 from .services import Services
 from .session import cleanup_session_state, new_session_state
 

@@ -17,6 +17,7 @@ import functools
 import json
 import logging
 import os
+import reprlib
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
@@ -302,7 +303,7 @@ class PredictController:
             raise ValueError("choose the class to describe")
         setup = self.setup_from_table(preset, table)
         if class_name not in setup.class_names:
-            raise ValueError(f"{class_name!r} is not in the class table")
+            raise ValueError(f"{reprlib.repr(class_name)} is not in the class table")
         result = self.services.generate_descriptions(setup, class_name, backend, int(n), token, model)
         new_table = fmt.replace_descriptions(table, class_name, result.sentences)
         note = f"{len(result.sentences)} sentences for **{fmt.escape(class_name)}**. {fmt.escape(result.note)}"
@@ -403,7 +404,8 @@ class PredictController:
                      descriptions: str | None, frame: float | None) -> PredictRequest:
         preset = (preset or "").strip().lower() or None
         if preset and preset != CUSTOM and preset not in list_presets():
-            raise ValueError(f"unknown preset {preset!r}; known presets: {', '.join(list_presets())}, custom")
+            # reprlib: an error must not echo a multi-megabyte argument back to the caller
+            raise ValueError(f"unknown preset {reprlib.repr(preset)}; known presets: {', '.join(list_presets())}, custom")
         setup = self.services.setup(preset, parse_classes_text(classes), parse_descriptions_text(descriptions))
         return PredictRequest(self.load(image, None if frame is None or frame < 0 else frame), setup,
                        self.checkpoint_id(checkpoint, None))

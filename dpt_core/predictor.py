@@ -128,34 +128,38 @@ class Predictor:
 
     # ------------------------------------------------------------------ weights
     def _teacher_weights(self) -> torch.Tensor:
-        """Per-prompt weights of the checkpoint's teacher over the whole bank (0 = not used)."""
+        """Per-prompt weights of the checkpoint's teacher over the whole bank (0 = not used).
+
+        A class whose prompts are exactly those the checkpoint was trained with gets
+        the stored weights; an edited class of a ``ranked`` checkpoint gets the
+        checkpoint's combination network with text-only ranking; otherwise uniform.
+        """
         bank, ckpt = self.bank, self.checkpoint
         teacher = (ckpt.config.get("teacher") if ckpt is not None else None) or {"mode": "mean"}
-        w = torch.zeros(len(bank.prompts))
         stored = {(p["class"], p["text"]): float(p["weight"]) for p in teacher.get("prompts", [])}
-        net = None
-        if teacher.get("mode") == "ranked" and ckpt is not None and "combine.query" in ckpt.tensors:
-            net = CombinationNet(self.backbone.embed_dim)
-            net.load_state_dict({"query": ckpt.tensors["combine.query"], "score_gain": ckpt.tensors["combine.score_gain"]})
-            net.to(self.backbone.device)
+        has_net = teacher.get("mode") == "ranked" and ckpt is not None and "combine.query" in ckpt.tensors
+        net_weights = None
+        w = torch.ones(len(bank.prompts))
         for c, name in enumerate(bank.class_names):
             idx = bank.indices(c)
             if stored and all((name, bank.prompts[i].text) in stored for i in idx):
                 w[idx] = torch.tensor([stored[(name, bank.prompts[i].text)] for i in idx])
-            elif net is not None:
-                w[idx] = self._net_weights(net)[idx]
-            else:
-                w[idx] = 1.0
+            elif has_net:
+                if net_weights is None:
+                    net_weights = self._net_weights(teacher)
+                w[idx] = net_weights[idx]
         return w
 
     @torch.no_grad()
-    def _net_weights(self, net: CombinationNet) -> torch.Tensor:
-        """Weights of an edited class set: the checkpoint's network with text-only ranking."""
-        if not hasattr(self, "_net_cache"):
-            scores = score_prompts(self.bank)
-            keep = top_k_mask(self.bank, scores, (self.checkpoint.config["teacher"].get("top_k") or DEFAULT_TOP_K))
-            self._net_cache = net(self.bank.features, scores, keep, self.bank.class_index, self.bank.n_classes).cpu()
-        return self._net_cache
+    def _net_weights(self, teacher: dict) -> torch.Tensor:
+        """The checkpoint's combination network on this bank, ranked without images."""
+        t = self.checkpoint.tensors
+        net = CombinationNet(self.backbone.embed_dim)
+        net.load_state_dict({"query": t["combine.query"], "score_gain": t["combine.score_gain"]})
+        net.to(self.backbone.device)
+        scores = score_prompts(self.bank)
+        keep = top_k_mask(self.bank, scores, teacher.get("top_k") or DEFAULT_TOP_K)
+        return net(self.bank.features, scores, keep, self.bank.class_index, self.bank.n_classes).cpu()
 
     def _source_weights(self) -> torch.Tensor:
         """Teacher weights renormalised within each (class, source); uniform where the teacher gave none."""

@@ -18,6 +18,9 @@ from .text import TextEncoder, fill_template
 
 SOURCES = ("templates", "descriptions")
 _ENCODE_LOCK = threading.Lock()
+# Sentences kept per backbone (~2 KB each at 512-d): every preset's bank fits many times over,
+# while a long-running server that sees endless typed phrases stays bounded (oldest go first).
+MAX_CACHED_SENTENCES = 50_000
 
 
 @dataclass(frozen=True)
@@ -55,12 +58,16 @@ def encode_cached(backbone: Backbone, texts: Sequence[str]) -> torch.Tensor:
     """Normalised features of ``texts`` [N, E]; only sentences never seen before are encoded."""
     with _ENCODE_LOCK:
         missing = list(dict.fromkeys(t for t in texts if t not in backbone.text_cache))
+        cache = backbone.text_cache
         if missing:
             feats = TextEncoder(backbone).encode_texts(missing).float().cpu()
-            backbone.text_cache.update(zip(missing, feats))
+            cache.update(zip(missing, feats))
         if not texts:
             return torch.zeros(0, backbone.embed_dim, device=backbone.device)
-        return torch.stack([backbone.text_cache[t] for t in texts]).to(backbone.device)
+        out = torch.stack([cache[t] for t in texts]).to(backbone.device)
+        for stale in list(cache)[: max(0, len(cache) - MAX_CACHED_SENTENCES)]:  # insertion order = age
+            del cache[stale]
+        return out
 
 
 def build_prompt_bank(

@@ -89,3 +89,12 @@ def test_ranked_checkpoint_weights_are_used(tiny, tmp_path):
     raw = p._teacher_weights()
     for i, pr in enumerate(p.bank.prompts):
         assert raw[i].item() == pytest.approx(stored[(s.class_names[pr.class_index], pr.text)], abs=1e-5)
+
+    # An edited class falls back to the checkpoint's combination network (text-only ranking).
+    edited = {**s.descriptions, SYNTH_CLASSES[0]: ["a brand new sentence about red blotches."]}
+    p2 = Predictor(tiny, s.class_names, s.templates, edited, checkpoint=ck)
+    raw2 = p2._teacher_weights()
+    new_idx = p2.bank.indices(0)
+    assert raw2[new_idx].sum().item() == pytest.approx(1.0, abs=1e-5)
+    for i in p2.bank.indices(1):
+        assert raw2[i].item() == pytest.approx(stored[(s.class_names[1], p2.bank.prompts[i].text)], abs=1e-5)
