@@ -38,7 +38,7 @@ base_model: {config.get('backbone', '').removeprefix('hf-hub:')}
 
 # Biomed-DPT prompt checkpoint ({config.get('preset') or 'custom classes'})
 
-Learned text context ({config.get('n_ctx')} tokens) for the frozen BiomedCLIP backbone,
+Learned text context ({config.get("n_ctx")} tokens) for a frozen BiomedCLIP-style backbone (named below),
 trained with Biomed-DPT prompt tuning (method `{config.get('method')}`, teacher `{teacher}`).
 Only prompt tensors are stored here; the backbone is loaded separately.
 {random_note}
