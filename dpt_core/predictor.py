@@ -125,6 +125,12 @@ class Predictor:
         with torch.no_grad():
             self.text_features = self.model.encode_prompts()  # [C, E]
         self.weights = self._source_weights()  # [P], sums to 1 per (class, source)
+        # Per-request constants: which prompts belong to each source, and whether every class has one.
+        device = backbone.device
+        self._source_mask = {s: torch.tensor([p.source == s for p in self.bank.prompts], device=device)
+                             for s in SOURCES}
+        self._source_complete = {s: all(self.bank.indices(c, s) for c in range(self.bank.n_classes))
+                                 for s in SOURCES}
 
     # ------------------------------------------------------------------ weights
     def _teacher_weights(self) -> torch.Tensor:
@@ -195,11 +201,9 @@ class Predictor:
             sources: dict[str, dict[str, float] | None] = {"learned": _probs(names, logits[b])}
             source_logits: dict[str, list[float] | None] = {"learned": logits[b].tolist()}
             for s in SOURCES:
-                mask = torch.tensor([p.source == s for p in self.bank.prompts], device=feats.device)
                 per_class = torch.zeros(len(names), device=feats.device).index_add(
-                    0, self.bank.class_index.to(feats.device), contrib[b] * mask)
-                has = [bool(self.bank.indices(c, s)) for c in range(len(names))]
-                if all(has):
+                    0, self.bank.class_index.to(feats.device), contrib[b] * self._source_mask[s])
+                if self._source_complete[s]:
                     sources[s] = _probs(names, per_class)
                     source_logits[s] = per_class.tolist()
                 else:

@@ -72,7 +72,8 @@ class TrainOutcome:
     model: BiomedDPT
     teacher: Teacher
     fit: FitResult
-    train_features: torch.Tensor  # eval-preprocessed features of the training images
+    n_train: int  # training images
+    train_features: torch.Tensor | None  # their centre-crop features, when they were needed
 
 
 def train_prompts(
@@ -86,15 +87,20 @@ def train_prompts(
     should_stop: Callable[[], bool] | None = None,
     train_features: torch.Tensor | None = None,
 ) -> TrainOutcome:
-    """Build the model at its template initialisation, the teacher, and fit the context."""
+    """Build the model at its template initialisation, the teacher, and fit the context.
+
+    Centre-crop features of the training images are needed only by the ranked
+    teacher and by the fast mode's centre view; pass them if you have them.
+    """
     model = BiomedDPT(backbone, setup.class_names, setup.template, setup.n_ctx, visual)
-    if train_features is None:
+    needed = teacher_mode == "ranked" or (config.mode == "fast" and config.center_view)
+    if train_features is None and needed:
         train_features = encode_images(model, data.images, should_stop=should_stop)
     bank = build_prompt_bank(backbone, setup.class_names, setup.templates, setup.descriptions)
     teacher = build_teacher(bank, teacher_mode, train_features, data.labels, float(backbone.logit_scale()))
     result = fit(model, data, teacher, config, on_step=on_step, should_stop=should_stop,
                  eval_features=train_features)
-    return TrainOutcome(model, teacher, result, train_features)
+    return TrainOutcome(model, teacher, result, len(data), train_features)
 
 
 def zero_shot_model(backbone: Backbone, setup: ClassSetup, visual: VisualPromptConfig = VisualPromptConfig()) -> BiomedDPT:
@@ -143,7 +149,7 @@ def save_trained(
         preset=setup.preset,
         teacher=record,
         loss_weights={"l1": config.loss_weights.l1, "kl": config.loss_weights.kl},
-        training={**config.to_dict(), "protocol": protocol, "n_train_images": int(len(outcome.train_features)),
+        training={**config.to_dict(), "protocol": protocol, "n_train_images": outcome.n_train,
                   "stopped_early": outcome.fit.stopped, "epochs_completed": len(outcome.fit.history),
                   "fast_mode_note": "fast: image features of `views` RandomResizedCrop views cached once; "
                                     "same batches, schedule, loss and BERT dropout as exact",
