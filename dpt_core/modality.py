@@ -29,13 +29,9 @@ from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
-
 from .backbone import Backbone
-from .data import eval_transform
 from .presets import list_presets, load_preset
 from .prompt_bank import encode_cached
-from .visual import PromptedImageEncoder, VisualPromptConfig
 
 log = logging.getLogger(__name__)
 
@@ -86,20 +82,21 @@ def modality_prompts() -> dict[str, tuple[str, ...]]:
     return prompts
 
 
+# id(backbone) -> (backbone, names, features): computed once per backbone, not per request.
+_FEATURES: dict[int, tuple[Backbone, list[str], torch.Tensor]] = {}
+
+
 def modality_features(backbone: Backbone) -> tuple[list[str], torch.Tensor]:
-    """(candidate names, [M, E] normalised mean prompt features); sentences cached on the backbone."""
+    """(candidate names, [M, E] normalised mean prompt features), cached per backbone."""
+    hit = _FEATURES.get(id(backbone))
+    if hit is not None and hit[0] is backbone:
+        return hit[1], hit[2]
     prompts = modality_prompts()
     names = list(prompts)
-    feats = [F.normalize(encode_cached(backbone, list(prompts[n])).float().mean(dim=0), dim=-1) for n in names]
-    return names, torch.stack(feats)
-
-
-@torch.no_grad()
-def image_feature(backbone: Backbone, image: Image.Image) -> torch.Tensor:
-    """Normalised feature [E] of the plain (unprompted) image tower, with eval preprocessing."""
-    encoder = PromptedImageEncoder(backbone, VisualPromptConfig(n_prompts=0))
-    x = eval_transform(backbone)(image.convert("RGB")).unsqueeze(0).to(backbone.device)
-    return F.normalize(encoder(x).float(), dim=-1)[0]
+    feats = torch.stack([F.normalize(encode_cached(backbone, list(prompts[n])).float().mean(dim=0), dim=-1)
+                         for n in names])
+    _FEATURES[id(backbone)] = (backbone, names, feats)
+    return names, feats
 
 
 @torch.no_grad()
@@ -134,12 +131,6 @@ def check_modality(
                f"({scores[expected_key]:.0%}), the modality of the chosen preset: check the preset.")
     log.debug("modality check: best %s (%.3f), expected %s, gap %.3f", best, scores[best], expected_key, gap)
     return ModalityCheck(expected, best, scores, gap, mismatch, True, msg)
-
-
-def check_image(backbone: Backbone, image: Image.Image, expected: str | None,
-                margin: float = DEFAULT_MARGIN) -> ModalityCheck:
-    """``check_modality`` on the plain image tower's feature of ``image``."""
-    return check_modality(backbone, image_feature(backbone, image), expected, margin)
 
 
 def header_modality(code: str | None) -> str | None:

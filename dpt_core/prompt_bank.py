@@ -65,8 +65,9 @@ def encode_cached(backbone: Backbone, texts: Sequence[str]) -> torch.Tensor:
         if not texts:
             return torch.zeros(0, backbone.embed_dim, device=backbone.device)
         out = torch.stack([cache[t] for t in texts]).to(backbone.device)
-        for stale in list(cache)[: max(0, len(cache) - MAX_CACHED_SENTENCES)]:  # insertion order = age
-            del cache[stale]
+        if len(cache) > MAX_CACHED_SENTENCES:  # rare: only then pay for walking the keys
+            for stale in list(cache)[: len(cache) - MAX_CACHED_SENTENCES]:  # insertion order = age
+                del cache[stale]
         return out
 
 

@@ -190,7 +190,3 @@ def _cache_views(model: BiomedDPT, data: LabelledImages, config: TrainConfig, st
         views.append(encode_images(model, data.images, aug, should_stop=stop))
     return torch.stack(views)
 
-
-def center_features(model: BiomedDPT, data: LabelledImages) -> torch.Tensor:
-    """Eval-preprocessed features of ``data`` (used by the ranked teacher and evaluation)."""
-    return encode_images(model, data.images, eval_transform(model.backbone))

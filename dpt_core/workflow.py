@@ -73,7 +73,6 @@ class TrainOutcome:
     teacher: Teacher
     fit: FitResult
     n_train: int  # training images
-    train_features: torch.Tensor | None  # their centre-crop features, when they were needed
 
 
 def train_prompts(
@@ -100,7 +99,7 @@ def train_prompts(
     teacher = build_teacher(bank, teacher_mode, train_features, data.labels, float(backbone.logit_scale()))
     result = fit(model, data, teacher, config, on_step=on_step, should_stop=should_stop,
                  eval_features=train_features)
-    return TrainOutcome(model, teacher, result, len(data), train_features)
+    return TrainOutcome(model, teacher, result, len(data))
 
 
 def zero_shot_model(backbone: Backbone, setup: ClassSetup, visual: VisualPromptConfig = VisualPromptConfig()) -> BiomedDPT:

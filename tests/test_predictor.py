@@ -98,3 +98,24 @@ def test_ranked_checkpoint_weights_are_used(tiny, tmp_path):
     assert raw2[new_idx].sum().item() == pytest.approx(1.0, abs=1e-5)
     for i in p2.bank.indices(1):
         assert raw2[i].item() == pytest.approx(stored[(s.class_names[1], p2.bank.prompts[i].text)], abs=1e-5)
+
+
+def test_text_cache_is_bounded_and_drops_the_oldest(tiny, monkeypatch):
+    import dpt_core.prompt_bank as pb
+
+    monkeypatch.setattr(pb, "MAX_CACHED_SENTENCES", len(tiny.text_cache) + 2)
+    first = pb.encode_cached(tiny, ["cache test one.", "cache test two."])
+    pb.encode_cached(tiny, ["cache test three."])
+    assert len(tiny.text_cache) == pb.MAX_CACHED_SENTENCES
+    assert "cache test three." in tiny.text_cache and "cache test two." in tiny.text_cache
+    again = pb.encode_cached(tiny, ["cache test one.", "cache test two."])  # re-encoded if evicted
+    assert torch.allclose(again, first, atol=1e-6)
+
+
+def test_modality_features_are_computed_once_per_backbone(tiny, monkeypatch):
+    import dpt_core.modality as modality
+
+    names, feats = modality.modality_features(tiny)
+    monkeypatch.setattr(modality, "encode_cached", lambda *a, **k: (_ for _ in ()).throw(AssertionError("re-encoded")))
+    names2, feats2 = modality.modality_features(tiny)
+    assert names2 == names and feats2 is feats
