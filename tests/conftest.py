@@ -67,3 +67,48 @@ def tiny_dir(tmp_path_factory):
     from dpt_core.localdir import write_tiny_backbone
 
     return write_tiny_backbone(tmp_path_factory.mktemp("tiny_backbone"))
+
+
+# ---------------------------------------------------------------------- the app, launched for real
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def live_demo(tiny):
+    """The real demo (as ``app.main.main`` builds it) on tiny, on a free loopback port: (demo, url)."""
+    from app.main import build_demo, launch_options
+    from app.services import Services
+
+    demo = build_demo(Services(tiny))
+    demo.queue(default_concurrency_limit=2)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(),
+                            quiet=True, **launch_options())
+    try:
+        yield demo, url
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Debian's Chromium driven by Playwright (never ``playwright install``); skips when missing."""
+    import os
+
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is missing: browser tests need Debian's chromium package")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()

@@ -6,16 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from app.main import build_demo, launch_options
-from app.services import Services
-
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -36,16 +27,8 @@ def loopback_only():
 
 
 @pytest.fixture(scope="module")
-def server(tiny):
-    demo = build_demo(Services(tiny))
-    demo.queue(default_concurrency_limit=2)
-    options = launch_options()
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=_free_port(),
-                            quiet=True, **options)
-    try:
-        yield url
-    finally:
-        demo.close()
+def server(live_demo):
+    return live_demo[1]
 
 
 @pytest.fixture(scope="module")

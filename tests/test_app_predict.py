@@ -22,7 +22,12 @@ from app import formatting as fmt
 from app.main import banner_html, build_demo
 from app.predict_tab import PREDICTED, ZERO_SHOT, PredictController, checkpoint_choices
 from app.services import Services
-from app.session import add_trained, cleanup_session_state, new_session_state, session_dir
+from app.session import (
+    add_trained,
+    cleanup_session_state,
+    new_session_state,
+    session_dir,
+)
 from dpt_core import modality
 from dpt_core.backbone import BackboneError
 from dpt_core.checkpoint import make_config, save_checkpoint
@@ -64,7 +69,11 @@ def ct_path() -> str:
 def write_dicom(path: Path, frames: int = 1, pixels: bool = True, size: int = 32) -> Path:
     """A small uncompressed DICOM with a patient name and id that must never show up anywhere."""
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    from pydicom.uid import (
+        ExplicitVRLittleEndian,
+        SecondaryCaptureImageStorage,
+        generate_uid,
+    )
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage

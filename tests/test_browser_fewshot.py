@@ -7,7 +7,6 @@ training and one after the prediction are written under ``tmp_path``.
 from __future__ import annotations
 
 import shutil
-import socket
 import zipfile
 from pathlib import Path
 
@@ -15,7 +14,6 @@ import numpy as np
 import pytest
 from conftest import synthetic_image
 
-CHROMIUM = "/usr/bin/chromium"
 EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "examples"
 CLASSES = ["glioma tumor", "normal brain"]
 TIMEOUT_MS = 180_000
@@ -23,44 +21,18 @@ TIMEOUT_MS = 180_000
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture(scope="module")
+def server(chromium, live_demo):  # chromium first: skip before launching when it is missing
+    return live_demo[1]
 
 
 @pytest.fixture(scope="module")
-def server(tiny):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing: the browser test needs Debian's chromium package")
-    pytest.importorskip("playwright.sync_api", reason="playwright (the Python package) is not installed")
-    from app.main import build_demo, launch_options
-    from app.services import Services
-
-    demo = build_demo(Services(tiny))
-    demo.queue(default_concurrency_limit=2)
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=_free_port(),
-                            quiet=True, **launch_options())
-    try:
-        yield url
-    finally:
-        demo.close()
-
-
-@pytest.fixture(scope="module")
-def page(server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        try:
-            pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-            pg.set_default_timeout(60_000)
-            pg.goto(server)
-            yield pg
-        finally:
-            browser.close()
+def page(server, chromium):
+    pg = chromium.new_page(viewport={"width": 1400, "height": 1000})
+    pg.set_default_timeout(60_000)
+    pg.goto(server)
+    yield pg
+    pg.close()
 
 
 def _class_images(tmp_path: Path) -> list[list[str]]:

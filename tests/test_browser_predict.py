@@ -5,43 +5,21 @@ The demo runs in-process on a free loopback port with the tiny backbone.
 """
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import gradio as gr
 import pytest
 
-from app.main import build_demo, launch_options
-from app.services import Services
-
-CHROMIUM = Path("/usr/bin/chromium")
 EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "examples"
 NEW_SENTENCE = "A unique browser-test finding of bright round spots near the optic disc."
 TIMEOUT_MS = 60_000
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs the system Chromium at /usr/bin/chromium"),
-]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def served(tiny):
-    demo = build_demo(Services(tiny))
-    demo.queue()
-    _, local_url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=_free_port(),
-                                  quiet=True, **launch_options())
-    try:
-        yield demo, local_url
-    finally:
-        demo.close()
+def served(chromium, live_demo):  # chromium first: skip before launching when it is missing
+    return live_demo
 
 
 @pytest.fixture(scope="module")
@@ -50,15 +28,8 @@ def url(served):
 
 
 @pytest.fixture(scope="module")
-def browser():
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM),
-                              args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        try:
-            yield b
-        finally:
-            b.close()
+def browser(chromium):
+    return chromium
 
 
 @pytest.fixture()

@@ -8,7 +8,11 @@ import types
 import httpx2
 import pytest
 import torch
-from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError, OfflineModeIsEnabled
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    InferenceTimeoutError,
+    OfflineModeIsEnabled,
+)
 
 from dpt_core import describe
 from dpt_core.describe import (

@@ -2,15 +2,19 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import SYNTH_CLASSES, synthetic_set
+
 from dpt_core.combine import CombinationNet, fit_combination
-from dpt_core.descriptions import DescriptionsError, resolve_descriptions, validate_descriptions
+from dpt_core.descriptions import (
+    DescriptionsError,
+    resolve_descriptions,
+    validate_descriptions,
+)
 from dpt_core.features import encode_images
 from dpt_core.prompt_bank import Prompt, PromptBank, build_prompt_bank
 from dpt_core.ranking import score_prompts, top_k_mask
 from dpt_core.teacher import build_teacher, mean_weights
-from dpt_core.workflow import zero_shot_model, setup_classes
+from dpt_core.workflow import setup_classes, zero_shot_model
 
 
 def planted_bank(seed=0, dim=32, n_classes=3, per_class=6, planted_at=3):

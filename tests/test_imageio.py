@@ -16,11 +16,11 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
-    CTImageStorage,
-    ExplicitVRLittleEndian,
     HTJ2K,
     MPEG2MPML,
     UID,
+    CTImageStorage,
+    ExplicitVRLittleEndian,
     generate_uid,
 )
 

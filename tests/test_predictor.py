@@ -1,8 +1,8 @@
 """Prediction API: learned-prompt logits, per-source probabilities, per-prompt contributions."""
 import pytest
 import torch
-
 from conftest import SYNTH_CLASSES, synthetic_set
+
 from dpt_core.checkpoint import read_folder
 from dpt_core.losses import LossWeights
 from dpt_core.predictor import Predictor, check_class_names

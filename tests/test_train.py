@@ -1,8 +1,8 @@
 """Training: frozen backbone, learning on a synthetic task, modes, reproducibility, cancel."""
 import pytest
 import torch
-
 from conftest import SYNTH_CLASSES, synthetic_set
+
 from dpt_core.evaluate import evaluate_features
 from dpt_core.features import encode_images
 from dpt_core.losses import LossWeights
