@@ -38,7 +38,8 @@ import uuid
 import zipfile
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -54,17 +55,20 @@ from dpt_core.hub import HubError, push_folder
 from dpt_core.imageio import ImageLoadError, load_image
 from dpt_core.losses import LossWeights
 from dpt_core.predictor import check_class_names
-from dpt_core.teacher import TEACHER_MODES
-from dpt_core.train import StepInfo, TrainConfig
+from dpt_core.teacher import TEACHER_MODES, Teacher
+from dpt_core.train import FitState, StepInfo, TrainConfig, finish_fit, fit_epochs
 from dpt_core.visual import LAYOUTS, VisualPromptConfig
 from dpt_core.workflow import (
     ClassSetup,
+    TrainOutcome,
     evaluate_on,
     holdout_split,
+    prepare_training,
     save_trained,
-    train_prompts,
     zero_shot_model,
 )
+
+from .job_channel import Channel, MemoryChannel, Status
 
 log = logging.getLogger(__name__)
 
@@ -445,17 +449,6 @@ class TrainSettings:
 
 # --------------------------------------------------------------------------- the training run
 
-@dataclass
-class Status:
-    """A snapshot of a running job for the UI."""
-
-    phase: str  # waiting | encoding | views | training | checking | saving | done
-    text: str
-    fraction: float = 0.0  # of the training steps
-    epochs: list[dict] = field(default_factory=list)  # per completed epoch: epoch + mean loss parts
-    elapsed_s: float = 0.0
-
-
 Reporter = Callable[[Status], None]
 
 
@@ -508,9 +501,9 @@ def no_check_reason(labels: torch.Tensor, class_names: Sequence[str]) -> str:
 class _StepTracker:
     """Turns fit's per-step callbacks into Status snapshots with per-epoch mean losses."""
 
-    def __init__(self, report: Reporter, start: float):
-        self.report, self.start = report, start
-        self.epochs: list[dict] = []
+    def __init__(self, report: Reporter, started: float, epochs: Sequence[dict] = ()):
+        self.report, self.started = report, started  # started: time.time() (calls may be in other processes)
+        self.epochs: list[dict] = [{k: e[k] for k in ("epoch", *LOSS_PARTS)} for e in epochs]
         self._sums: dict[str, float] = {}
 
     def __call__(self, info: StepInfo) -> None:
@@ -521,77 +514,150 @@ class _StepTracker:
             self._sums = {}
         done = info.epoch * info.steps_per_epoch + info.step + 1
         total = info.epochs * info.steps_per_epoch
-        elapsed = time.perf_counter() - self.start
+        elapsed = time.time() - self.started
         text = (f"Training: epoch {info.epoch + 1}/{info.epochs}, step {info.step + 1}/{info.steps_per_epoch} "
                 f"- loss {info.loss['total']:.3f} - {elapsed:.0f} s")
         self.report(Status("training", text, done / total, list(self.epochs), elapsed))
 
 
+LOSS_PARTS = ("ce", "l1", "kl", "total")
+
+
+@dataclass
+class Prepared:
+    """What the first call of a run hands to the later ones. CPU tensors only: it pickles."""
+
+    features: torch.Tensor  # [N, E] centre-crop features of every image, computed once
+    labels: torch.Tensor  # [N]
+    train_idx: list[int]
+    held_idx: list[int]
+    teacher: Teacher
+    state: FitState
+    started: float  # time.time() when the run started
+    timings: dict[str, float]
+
+
+def prepare_run(backbone: Backbone, setup: ClassSetup, data: LabelledImages, settings: TrainSettings,
+                channel: Channel) -> Prepared:
+    """First call: encode every image once, split, build the teacher, cache the augmented views."""
+    started = time.time()
+    settings = settings.checked()
+    zero = zero_shot_model(backbone, setup, settings.visual())
+    channel.report(Status("encoding", f"Encoding {len(data)} images...", elapsed_s=time.time() - started))
+    t = time.perf_counter()
+    try:
+        feats = encode_images(zero, data.images, should_stop=channel.stop_requested)  # eval preprocessing, once
+    except InterruptedError:
+        raise TrainingStopped("Stopped before training started; nothing was saved.") from None
+    timings = {"encode_s": time.perf_counter() - t}
+    split = plan_holdout(data.labels, len(setup.class_names), settings.seed)
+    train_idx, held_idx = split if split else (list(range(len(data))), [])
+    channel.report(Status("views", f"Preparing {settings.views} augmented view(s) of {len(train_idx)} training "
+                                   "images...", elapsed_s=time.time() - started))
+    _, teacher, state = prepare_training(backbone, setup, data.subset(train_idx), settings.train_config(),
+                                         settings.teacher, settings.visual(), channel.stop_requested,
+                                         feats[train_idx])
+    timings["views_s"] = state.feature_seconds
+    return Prepared(feats.cpu(), data.labels, train_idx, held_idx, teacher.to("cpu"), state, started, timings)
+
+
+def train_slice(backbone: Backbone, setup: ClassSetup, settings: TrainSettings, prepared: Prepared,
+                state: FitState, budget_s: float | None, channel: Channel) -> FitState:
+    """One call's share of the epochs (all of them when ``budget_s`` is None)."""
+    settings = settings.checked()
+    model = zero_shot_model(backbone, setup, settings.visual())
+    train = LabelledImages([], prepared.labels[prepared.train_idx], list(setup.class_names))  # fast mode: no pixels
+    return fit_epochs(model, train, prepared.teacher.to(backbone.device), settings.train_config(), state,
+                      on_step=_StepTracker(channel.report, prepared.started, state.history),
+                      should_stop=channel.stop_requested, budget_s=budget_s)
+
+
+def finish_run(backbone: Backbone, setup: ClassSetup, settings: TrainSettings, prepared: Prepared,
+               state: FitState, out_dir: str | Path, data_description: str, channel: Channel) -> FewShotResult:
+    """Last call: the kept context, the held-out check against the zero-shot prompt, the checkpoint."""
+    settings = settings.checked()
+    config = settings.train_config()
+    model = zero_shot_model(backbone, setup, settings.visual())
+    fit_result = finish_fit(model, state)
+    teacher = prepared.teacher.to(backbone.device)
+    timings = dict(prepared.timings)
+    check = None
+    if prepared.held_idx:
+        channel.report(Status("checking", "Held-out check...", 1.0, elapsed_s=time.time() - prepared.started))
+        t = time.perf_counter()
+        held_feats = prepared.features[prepared.held_idx].to(backbone.device)
+        held_labels = prepared.labels[prepared.held_idx]
+        zero = zero_shot_model(backbone, setup, settings.visual())
+        check = HeldOutCheck(
+            n_images=len(prepared.held_idx),
+            per_class_counts=torch.bincount(held_labels, minlength=len(setup.class_names)).tolist(),
+            adapted=evaluate_on(model, held_feats, held_labels, teacher, config.loss_weights),
+            zero_shot=evaluate_on(zero, held_feats, held_labels, teacher, config.loss_weights),
+        )
+        timings["check_s"] = time.perf_counter() - t
+    reason = "" if check else no_check_reason(prepared.labels, setup.class_names)
+    channel.report(Status("saving", "Saving the checkpoint...", 1.0, elapsed_s=time.time() - prepared.started))
+    outcome = TrainOutcome(model, teacher, fit_result, len(prepared.train_idx))
+    folder = save_trained(out_dir, outcome, setup, config,
+                          _metrics(check, reason, fit_result.stopped, len(fit_result.history)),
+                          data_description=data_description.strip())
+    return FewShotResult(
+        folder=Path(folder), class_names=list(setup.class_names),
+        preset=setup.preset.name if setup.preset else None, n_images=len(prepared.labels),
+        n_train=len(prepared.train_idx), settings=settings, history=list(fit_result.history),
+        stopped=fit_result.stopped, check=check, no_check_reason=reason, timings=timings,
+        random_weights=bool(backbone.random_weights),
+    )
+
+
+@dataclass(frozen=True)
+class Phases:
+    """The three calls of a run, each bound to where it runs (see ``in_process`` and ``app.device``)."""
+
+    prepare: Callable[[ClassSetup, LabelledImages, TrainSettings, Channel], Prepared]
+    train: Callable[[ClassSetup, TrainSettings, Prepared, FitState, float | None, Channel], FitState]
+    finish: Callable[[ClassSetup, TrainSettings, Prepared, FitState, Path, str, Channel], FewShotResult]
+
+
+def in_process(backbone: Backbone) -> Phases:
+    """The three calls as plain calls in this process."""
+    return Phases(partial(prepare_run, backbone), partial(train_slice, backbone), partial(finish_run, backbone))
+
+
 def run_fewshot(
-    backbone: Backbone,
+    where: Backbone | Phases,
     setup: ClassSetup,
     data: LabelledImages,
     settings: TrainSettings,
     out_dir: str | Path,
     data_description: str = "",
-    report: Reporter | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    channel: Channel | None = None,
+    slice_s: float | None = None,
 ) -> FewShotResult:
-    """Encode once, split, train, check against the zero-shot prompt, save the checkpoint."""
-    report = report or (lambda s: None)
-    stop = should_stop or (lambda: False)
+    """Encode once, split, train, check against the zero-shot prompt, save the checkpoint.
+
+    ``where``: a backbone (everything in this process) or ``Phases`` (e.g. GPU calls).
+    ``slice_s``: seconds of training per call (None: all epochs in one call); the
+    result is the same however the epochs are cut (``dpt_core.train.fit_epochs``).
+    """
+    phases = where if isinstance(where, Phases) else in_process(where)
+    channel = channel or MemoryChannel()
     settings = settings.checked()
     start = time.perf_counter()
-    timings: dict[str, float] = {}
-    zero = zero_shot_model(backbone, setup, settings.visual())
-
-    report(Status("encoding", f"Encoding {len(data)} images...", elapsed_s=time.perf_counter() - start))
+    prepared = phases.prepare(setup, data, settings, channel)
     t = time.perf_counter()
-    try:
-        feats = encode_images(zero, data.images, should_stop=stop)  # [N, E], eval preprocessing, once
-    except InterruptedError:
-        raise TrainingStopped("Stopped before training started; nothing was saved.") from None
-    timings["encode_s"] = time.perf_counter() - t
-
-    split = plan_holdout(data.labels, len(setup.class_names), settings.seed)
-    train_idx, held_idx = split if split else (list(range(len(data))), [])
-    train = data.subset(train_idx)
-    report(Status("views", f"Preparing {settings.views} augmented view(s) of {len(train)} training images...",
-                  elapsed_s=time.perf_counter() - start))
-    t = time.perf_counter()
-    config = settings.train_config()
-    outcome = train_prompts(backbone, setup, train, config, settings.teacher, settings.visual(),
-                            on_step=_StepTracker(report, start), should_stop=stop, train_features=feats[train_idx])
-    timings["train_s"] = time.perf_counter() - t
-    timings["views_s"] = outcome.fit.feature_seconds
-
-    check = None
-    if held_idx:
-        report(Status("checking", "Held-out check...", 1.0, elapsed_s=time.perf_counter() - start))
-        t = time.perf_counter()
-        held_feats, held_labels = feats[held_idx], data.labels[held_idx]
-        check = HeldOutCheck(
-            n_images=len(held_idx),
-            per_class_counts=torch.bincount(held_labels, minlength=len(setup.class_names)).tolist(),
-            adapted=evaluate_on(outcome.model, held_feats, held_labels, outcome.teacher, config.loss_weights),
-            zero_shot=evaluate_on(zero, held_feats, held_labels, outcome.teacher, config.loss_weights),
-        )
-        timings["check_s"] = time.perf_counter() - t
-    reason = "" if check else no_check_reason(data.labels, setup.class_names)
-
-    report(Status("saving", "Saving the checkpoint...", 1.0, elapsed_s=time.perf_counter() - start))
-    folder = save_trained(out_dir, outcome, setup, config,
-                          _metrics(check, reason, outcome.fit.stopped, len(outcome.fit.history)),
-                          data_description=data_description.strip())
-    timings["total_s"] = time.perf_counter() - start
-    log.info("few-shot training: %d images, %d epochs, %.1f s (encode %.1f, train %.1f)", len(data),
-             len(outcome.fit.history), timings["total_s"], timings["encode_s"], timings["train_s"])
-    return FewShotResult(
-        folder=Path(folder), class_names=list(setup.class_names),
-        preset=setup.preset.name if setup.preset else None, n_images=len(data), n_train=len(train_idx),
-        settings=settings, history=list(outcome.fit.history), stopped=outcome.fit.stopped, check=check,
-        no_check_reason=reason, timings=timings, random_weights=bool(backbone.random_weights),
-    )
+    state, calls = prepared.state, 0
+    while not state.finished:
+        state = phases.train(setup, settings, prepared, state, slice_s, channel)
+        calls += 1
+    train_s = time.perf_counter() - t
+    result = phases.finish(setup, settings, prepared, state, out_dir, data_description, channel)
+    result.timings.update(train_s=result.timings["views_s"] + train_s, total_s=time.perf_counter() - start,
+                          training_calls=calls)
+    log.info("few-shot training: %d images, %d epochs in %d call(s), %.1f s (encode %.1f, train %.1f)",
+             result.n_images, result.epochs_completed, calls, result.timings["total_s"],
+             result.timings["encode_s"], result.timings["train_s"])
+    return result
 
 
 def _metrics(check: HeldOutCheck | None, reason: str, stopped: bool, epochs_done: int = 1) -> dict:
@@ -627,20 +693,22 @@ T = TypeVar("T")
 
 
 class TrainingJob(Generic[T]):
-    """Runs ``work(report, should_stop)`` on a thread; the UI polls ``status`` and may ``stop()``.
+    """Runs ``work(channel)`` on a thread; the UI polls ``status`` and may ``stop()``.
 
-    Stopping is cooperative: the flag is polled by ``fit`` before every step (and between
-    feature batches), so the thread ends at a step boundary with the best state so far;
-    no thread is ever killed. With a ``lock``, the job first waits for it (one training
-    per process) and reports that it is waiting.
+    Stopping is cooperative: the channel's stop flag is polled by ``fit`` before every
+    step (and between feature batches), so the work ends at a step boundary with the
+    best state so far; no thread or process is ever killed. With a ``lock``, the job
+    first waits for it (one training per process) and reports that it is waiting.
+    ``channel``: a ``FileChannel`` when steps may run in another process (ZeroGPU).
     """
 
-    def __init__(self, work: Callable[[Reporter, Callable[[], bool]], T], lock: threading.Lock | None = None):
+    def __init__(self, work: Callable[[Channel], T], lock: threading.Lock | None = None,
+                 channel: Channel | None = None):
         self._work, self._lock = work, lock
+        self.channel: Channel = channel if channel is not None else MemoryChannel()
         self._stop = threading.Event()
         self._done = threading.Event()
-        self._status_lock = threading.Lock()
-        self._status = Status("waiting", "Starting...")
+        self.channel.report(Status("waiting", "Starting..."))
         self.result: T | None = None
         self.error: BaseException | None = None
         # The thread runs in a copy of the caller's context: per-request context (e.g. what
@@ -654,6 +722,7 @@ class TrainingJob(Generic[T]):
 
     def stop(self) -> None:
         self._stop.set()
+        self.channel.request_stop()
 
     @property
     def stop_requested(self) -> bool:
@@ -661,16 +730,14 @@ class TrainingJob(Generic[T]):
 
     @property
     def status(self) -> Status:
-        with self._status_lock:
-            return self._status
+        return self.channel.status() or Status("waiting", "Starting...")
 
     def wait(self, timeout: float | None = None) -> bool:
         """True once the job has finished (result or error set)."""
         return self._done.wait(timeout)
 
     def _report(self, status: Status) -> None:
-        with self._status_lock:
-            self._status = status
+        self.channel.report(status)
 
     def _run(self) -> None:
         acquired = False
@@ -679,7 +746,7 @@ class TrainingJob(Generic[T]):
                 acquired = self._acquire()
                 if not acquired:
                     raise TrainingStopped("Stopped while waiting; nothing was trained.")
-            self.result = self._work(self._report, self._stop.is_set)
+            self.result = self._work(self.channel)
         except BaseException as exc:  # noqa: BLE001 - handed to the UI thread, which words it
             self.error = exc
         finally:

@@ -24,6 +24,7 @@ import html
 import logging
 import os
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +39,6 @@ from dpt_core.teacher import TEACHER_MODES
 from dpt_core.visual import LAYOUTS
 from dpt_core.workflow import ClassSetup
 
-from . import gpu
 from .fewshot_jobs import (
     CPU_DEFAULTS,
     DEFAULT_BATCH,
@@ -67,6 +67,7 @@ from .fewshot_jobs import (
     zip_checkpoint,
 )
 from .formatting import clip_message
+from .job_channel import FileChannel
 from .services import CUSTOM, Services
 from .session import add_trained, new_session_state, session_dir, trained_checkpoints
 
@@ -79,8 +80,6 @@ POLL_S = 0.5  # how often the streamed status is refreshed
 PENDING_TTL_S = 1800  # validated images waiting in the queue are dropped after this (memory only)
 PRIVATE = {"api_visibility": "private"}  # UI events only: training is not part of the public API
 CONSENT_TEXT = "These images are de-identified and I may use them for this purpose."
-# On ZeroGPU Spaces the work must run inside a GPU-decorated call (a no-op elsewhere).
-_run_on_device = gpu(duration=300)(run_fewshot)
 
 
 @dataclass
@@ -332,11 +331,15 @@ def train_stream(services: Services, state: dict | None, pending: PendingRun | N
 
     run = pending  # the job's own reference: the generator drops its name below
 
-    def work(report, should_stop) -> FewShotResult:
-        return _run_on_device(services.backbone, run.setup, run.data, run.settings, folder, run.description,
-                              report, should_stop)
+    # The run's three phases are GPU calls on ZeroGPU (app.device), so progress and the stop
+    # request travel through files in the session folder, which a worker process can reach.
+    channel = FileChannel(session_dir(state) / "jobs" / uuid.uuid4().hex)
 
-    job: TrainingJob[FewShotResult] = TrainingJob(work, lock=services.train_lock)
+    def work(ch) -> FewShotResult:
+        return run_fewshot(services.calls.fewshot_phases(services.ref), run.setup, run.data, run.settings, folder,
+                           run.description, ch, services.calls.slice_s)
+
+    job: TrainingJob[FewShotResult] = TrainingJob(work, lock=services.train_lock, channel=channel)
     try:
         JOBS.add(session_key, job)
     except FewShotError as err:
@@ -356,6 +359,8 @@ def train_stream(services: Services, state: dict | None, pending: PendingRun | N
     finally:
         if not job.wait(0):
             job.stop()  # the page went away mid-run: end at the next step boundary
+        else:
+            clear_dir(channel.folder)
         JOBS.remove(session_key, job)
     yield _finish(job, ui)
 

@@ -343,9 +343,8 @@ class PredictController:
 
     # -------------------------------------------------------------- prediction
     def run_predict(self, req: PredictRequest):
-        predictor = self.services.predictor(req.setup, req.checkpoint)
         expected = req.setup.preset.modality if req.setup.preset else None
-        outcome = self.services.predict(predictor, req.loaded.image, expected)
+        outcome = self.services.predict(req.setup, req.checkpoint, req.loaded.image, expected)
         header = header_mismatch(req.loaded.meta.get("modality"), expected)
         return outcome, header
 
@@ -382,9 +381,8 @@ class PredictController:
 
     # -------------------------------------------------------------- attention
     def run_explain(self, req: PredictRequest, method: str, target: str | None, phrase: str | None) -> Explanation:
-        predictor = self.services.predictor(req.setup, req.checkpoint)
         target_class = None if not target or target == PREDICTED else target
-        return self.services.explain(predictor, req.loaded.image, method, target_class, phrase)
+        return self.services.explain(req.setup, req.checkpoint, req.loaded.image, method, target_class, phrase)
 
     @user_errors("compute the attention map")
     def on_explain(self, path: FileValue, frame: Any, preset: str | None, checkpoint: str | None,

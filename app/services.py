@@ -35,7 +35,7 @@ from dpt_core.prompt_bank import encode_cached
 from dpt_core.registry import entries_for
 from dpt_core.workflow import ClassSetup, setup_classes
 
-from . import gpu
+from .device import CALLS, DeviceCalls, register
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,7 @@ class Services:
         device: str | None = None,
         predictor_cache: int = 8,
         checkpoint_cache: int = 16,
+        calls: DeviceCalls | None = None,
     ):
         if isinstance(backbone, Backbone):
             self._backbone: Backbone | None = backbone
@@ -122,6 +123,8 @@ class Services:
         self._checkpoints = _LRU(checkpoint_cache)
         self._generators = _LRU(1)  # a local LLM is large: keep one
         self.train_lock = threading.Lock()  # the Few-shot tab: one training at a time per process
+        self.calls = calls or CALLS  # how model work runs: see app.device
+        self.ref = register(self)  # what a GPU call gets instead of this object
 
     # ------------------------------------------------------------------ backbone
     @property
@@ -174,8 +177,12 @@ class Services:
             raise ValueError("custom classes: add at least two class names to the table")
         return setup_classes(preset, class_names or None, descriptions)
 
-    def predictor(self, setup: ClassSetup, checkpoint_id: str | None = None) -> Predictor:
-        """The predictor of this combination (cached); ``checkpoint_id`` None means zero-shot."""
+    def predictor(self, setup: ClassSetup, checkpoint_id: str | None = None,
+                  checkpoint: PromptCheckpoint | None = None) -> Predictor:
+        """The predictor of this combination (cached); ``checkpoint_id`` None means zero-shot.
+
+        ``checkpoint``: the loaded checkpoint of ``checkpoint_id``, when the caller has it.
+        """
         checkpoint_id = (checkpoint_id or "").strip() or None
         preset = setup.preset.name if setup.preset else None
         key = (
@@ -189,7 +196,7 @@ class Services:
         )
 
         def build() -> Predictor:
-            ckpt = self.load_checkpoint(checkpoint_id, preset) if checkpoint_id else None
+            ckpt = checkpoint if checkpoint is not None or not checkpoint_id else self.load_checkpoint(checkpoint_id, preset)
             log.info("building predictor: %d classes, checkpoint %s", len(setup.class_names), checkpoint_id or "none")
             return Predictor(self.backbone, setup.class_names, setup.templates, setup.descriptions,
                              template=setup.template, n_ctx=setup.n_ctx, checkpoint=ckpt)
@@ -215,14 +222,33 @@ class Services:
         return self._checkpoints.get_or_build((checkpoint_id, preset, method), build)
 
     # ------------------------------------------------------------------ model calls
-    def predict(self, predictor: Predictor, image: Image.Image, expected_modality: str | None) -> PredictOutcome:
+    # Each public call checks its arguments and fetches what needs the network here, then
+    # runs the model through ``self.calls`` (a GPU call on ZeroGPU); ``*_here`` is the part
+    # that runs there, in whichever process that is.
+
+    def _checkpoint(self, setup: ClassSetup, checkpoint_id: str | None) -> tuple[str | None, PromptCheckpoint | None]:
+        checkpoint_id = (checkpoint_id or "").strip() or None
+        if checkpoint_id is None:
+            return None, None
+        return checkpoint_id, self.load_checkpoint(checkpoint_id, setup.preset.name if setup.preset else None)
+
+    def predict(self, setup: ClassSetup, checkpoint_id: str | None, image: Image.Image,
+                expected_modality: str | None) -> PredictOutcome:
         """Prediction of one image plus the zero-shot modality check on the same image feature."""
-        prediction, check = _predict_on_device(predictor, image, expected_modality)
-        return PredictOutcome(prediction, check)
+        checkpoint_id, ckpt = self._checkpoint(setup, checkpoint_id)
+        return self.calls.predict(self.ref, setup, checkpoint_id, ckpt, image, expected_modality).unwrap()
+
+    def predict_here(self, setup: ClassSetup, checkpoint_id: str | None, checkpoint: PromptCheckpoint | None,
+                     image: Image.Image, expected_modality: str | None) -> PredictOutcome:
+        predictor = self.predictor(setup, checkpoint_id, checkpoint)
+        feats = predictor.image_features([image])  # [1, E], normalised
+        prediction = predictor.predict_features(feats)[0]
+        return PredictOutcome(prediction, check_modality(predictor.backbone, feats[0], expected_modality))
 
     def explain(
         self,
-        predictor: Predictor,
+        setup: ClassSetup,
+        checkpoint_id: str | None,
         image: Image.Image,
         method: str = "gradcam",
         target_class: str | None = None,
@@ -231,19 +257,22 @@ class Services:
         """Grad-CAM towards a class's learned prompt (default: the predicted class) or a typed phrase; or rollout."""
         if method not in EXPLAIN_METHODS:
             raise ValueError(f"unknown explanation method {method!r}; use one of {', '.join(EXPLAIN_METHODS)}")
+        if target_class and target_class not in setup.class_names:
+            raise ValueError(f"unknown class {target_class!r}; choose one of the current classes")
+        checkpoint_id, ckpt = self._checkpoint(setup, checkpoint_id)
         phrase = " ".join((phrase or "").split())
+        return self.calls.explain(self.ref, setup, checkpoint_id, ckpt, image, method, target_class, phrase).unwrap()
+
+    def explain_here(self, setup: ClassSetup, checkpoint_id: str | None, checkpoint: PromptCheckpoint | None,
+                     image: Image.Image, method: str, target_class: str | None, phrase: str) -> Explanation:
+        predictor = self.predictor(setup, checkpoint_id, checkpoint)
         if method == "rollout":
-            return _explain_on_device(predictor, image, None, "")
+            return attention_rollout(predictor.model, image)
         if phrase:
-            return _explain_on_device(predictor, image, encode_cached(self.backbone, [phrase])[0], phrase)
-        if target_class:
-            if target_class not in predictor.class_names:
-                raise ValueError(f"unknown class {target_class!r}; choose one of the current classes")
-            name = target_class
-        else:
-            name = self.predict(predictor, image, None).prediction.prediction
+            return gradcam(predictor.model, image, encode_cached(self.backbone, [phrase])[0], target=phrase)
+        name = target_class or predictor.predict_features(predictor.image_features([image]))[0].prediction
         text = predictor.text_features[predictor.class_names.index(name)]  # the learned prompt of that class
-        return _explain_on_device(predictor, image, text, name)
+        return gradcam(predictor.model, image, text, target=name)
 
     # ------------------------------------------------------------------ descriptions
     def generate_descriptions(
@@ -266,16 +295,20 @@ class Services:
             n=int(n),
             other_classes=tuple(c for c in setup.class_names if c != class_name),
         )
-        if backend == "retrieval":
-            return self._retrieval(p.name if p else None).generate(request)
         if backend == "hf-inference":
-            # A fresh generator per call: the token is used for this request and never kept.
+            # Over the network, no model here. A fresh generator per call: the token is used
+            # for this request and never kept.
             generator = make_generator("hf-inference", model=(model or "").strip() or DEFAULT_HF_MODEL,
                                        token=(token or "").strip() or None)
             return generator.generate(request)
         model = (model or "").strip()
-        if not model:
+        if backend == "local" and not model:
             raise GenerationError("Name a local model: a folder with transformers weights or a Hub model id.")
+        return self.calls.describe(self.ref, p.name if p else None, request, backend, model).unwrap()
+
+    def describe_here(self, preset: str | None, request: GenerationRequest, backend: str, model: str) -> GenerationResult:
+        if backend == "retrieval":
+            return self._retrieval(preset).generate(request)
         generator = self._generators.get_or_build(model, lambda: make_generator("local", model=model))
         return generator.generate(request)
 
@@ -288,21 +321,3 @@ class Services:
         # With random weights an embedding match is noise; word overlap is at least honest.
         embed = None if self.backbone.random_weights else (lambda texts: encode_cached(self.backbone, texts))
         return make_generator("retrieval", bank=bank, embed=embed)
-
-
-# ---------------------------------------------------------------------- device work (ZeroGPU)
-
-@gpu
-def _predict_on_device(predictor: Predictor, image: Image.Image,
-                       expected_modality: str | None) -> tuple[Prediction, ModalityCheck]:
-    feats = predictor.image_features([image])  # [1, E], normalised
-    prediction = predictor.predict_features(feats)[0]
-    check = check_modality(predictor.backbone, feats[0], expected_modality)
-    return prediction, check
-
-
-@gpu
-def _explain_on_device(predictor: Predictor, image: Image.Image, text_feature, target: str) -> Explanation:
-    if text_feature is None:
-        return attention_rollout(predictor.model, image)
-    return gradcam(predictor.model, image, text_feature, target=target)

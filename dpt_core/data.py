@@ -150,7 +150,12 @@ class LabelledImages:
         return cls(load_pil(records), torch.tensor([r.label for r in records], dtype=torch.long), list(class_names))
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.labels)
+
+    def labels_only(self) -> "LabelledImages":
+        """The same set without its pixels: fast-mode training steps read only the labels (the image
+        features are cached), and a set that crosses a process boundary should not carry images."""
+        return LabelledImages([], self.labels, self.class_names)
 
     def subset(self, indices: Sequence[int]) -> "LabelledImages":
         idx = list(indices)

@@ -11,7 +11,8 @@ A teacher is computed once, without gradient, and cached by the trainer.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,16 @@ class Teacher:
         s = weighted_class_sum(self.bank.features, self.weights.to(self.bank.features.device),
                                self.bank.class_index, self.bank.n_classes)
         return F.normalize(s, dim=-1)
+
+    def to(self, device: torch.device | str) -> "Teacher":
+        """A copy on ``device``; the CPU copy is the one that pickles across processes."""
+        bank = replace(self.bank, features=self.bank.features.to(device))
+        return replace(
+            self, bank=bank, weights=self.weights.to(device),
+            scores=None if self.scores is None else self.scores.to(device),
+            net=None if self.net is None else copy.deepcopy(self.net).to(device),
+            fit_losses=list(self.fit_losses),
+        )
 
 
 def mean_weights(bank: PromptBank) -> torch.Tensor:

@@ -25,7 +25,7 @@ from .predictor import check_class_names
 from .presets import Preset, load_preset
 from .prompt_bank import build_prompt_bank
 from .teacher import Teacher, build_teacher, teacher_record
-from .train import FitResult, StepInfo, TrainConfig, fit
+from .train import FitResult, FitState, StepInfo, TrainConfig, finish_fit, fit_epochs, start_fit
 from .visual import VisualPromptConfig
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,31 @@ class TrainOutcome:
     n_train: int  # training images
 
 
+def prepare_training(
+    backbone: Backbone,
+    setup: ClassSetup,
+    data: LabelledImages,
+    config: TrainConfig,
+    teacher_mode: str = "mean",
+    visual: VisualPromptConfig = VisualPromptConfig(),
+    should_stop: Callable[[], bool] | None = None,
+    train_features: torch.Tensor | None = None,
+) -> tuple[BiomedDPT, Teacher, FitState]:
+    """The model at its template initialisation, the teacher, and a started fit (no step yet).
+
+    Centre-crop features of the training images are needed only by the ranked
+    teacher and by the fast mode's centre view; pass them if you have them.
+    """
+    model = zero_shot_model(backbone, setup, visual)
+    needed = teacher_mode == "ranked" or (config.mode == "fast" and config.center_view)
+    if train_features is None and needed:
+        train_features = encode_images(model, data.images, should_stop=should_stop)
+    bank = build_prompt_bank(backbone, setup.class_names, setup.templates, setup.descriptions)
+    teacher = build_teacher(bank, teacher_mode, train_features, data.labels, float(backbone.logit_scale()))
+    state = start_fit(model, data, config, should_stop=should_stop, eval_features=train_features)
+    return model, teacher, state
+
+
 def train_prompts(
     backbone: Backbone,
     setup: ClassSetup,
@@ -86,20 +111,11 @@ def train_prompts(
     should_stop: Callable[[], bool] | None = None,
     train_features: torch.Tensor | None = None,
 ) -> TrainOutcome:
-    """Build the model at its template initialisation, the teacher, and fit the context.
-
-    Centre-crop features of the training images are needed only by the ranked
-    teacher and by the fast mode's centre view; pass them if you have them.
-    """
-    model = BiomedDPT(backbone, setup.class_names, setup.template, setup.n_ctx, visual)
-    needed = teacher_mode == "ranked" or (config.mode == "fast" and config.center_view)
-    if train_features is None and needed:
-        train_features = encode_images(model, data.images, should_stop=should_stop)
-    bank = build_prompt_bank(backbone, setup.class_names, setup.templates, setup.descriptions)
-    teacher = build_teacher(bank, teacher_mode, train_features, data.labels, float(backbone.logit_scale()))
-    result = fit(model, data, teacher, config, on_step=on_step, should_stop=should_stop,
-                 eval_features=train_features)
-    return TrainOutcome(model, teacher, result, len(data))
+    """``prepare_training`` then the whole fit in this call."""
+    model, teacher, state = prepare_training(backbone, setup, data, config, teacher_mode, visual, should_stop,
+                                             train_features)
+    fit_epochs(model, data, teacher, config, state, on_step=on_step, should_stop=should_stop)
+    return TrainOutcome(model, teacher, finish_fit(model, state), len(data))
 
 
 def zero_shot_model(backbone: Backbone, setup: ClassSetup, visual: VisualPromptConfig = VisualPromptConfig()) -> BiomedDPT:

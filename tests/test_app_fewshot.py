@@ -22,6 +22,7 @@ from PIL import Image
 from app import fewshot_jobs as jobs
 from app import fewshot_tab as tab
 from app.fewshot_jobs import FewShotError, Limits, TrainSettings
+from app.job_channel import MemoryChannel
 from app.services import CUSTOM, Services
 from app.session import new_session_state, session_dir, trained_checkpoints
 from dpt_core.checkpoint import TENSOR_KEYS, read_folder
@@ -350,14 +351,15 @@ def test_too_few_images_for_a_held_out_check(services, tmp_path):
 def test_stop_mid_training_keeps_a_usable_checkpoint(services, tmp_path):
     setup = services.setup("btmri")
     data = jobs.load_class_images(BTMRI, _class_files(tmp_path, 4))
-    flag = threading.Event()
 
-    def report(status: jobs.Status) -> None:
-        if len(status.epochs) >= 2:  # from the on_step callback, after two complete epochs
-            flag.set()
+    class StopAfterTwoEpochs(MemoryChannel):
+        def report(self, status: jobs.Status) -> None:
+            super().report(status)
+            if len(status.epochs) >= 2:  # from the on_step callback, after two complete epochs
+                self.request_stop()
 
     r = jobs.run_fewshot(services.backbone, setup, data, TrainSettings.from_setup(setup, epochs=50, views=1),
-                         tmp_path / "ck", report=report, should_stop=flag.is_set)
+                         tmp_path / "ck", channel=StopAfterTwoEpochs())
     assert r.stopped and 2 <= r.epochs_completed < 50
     ckpt = read_folder(r.folder)
     assert ckpt.config["training"]["stopped_early"] is True
@@ -389,25 +391,27 @@ def test_stop_button_ends_the_session_job(services, state, tmp_path):
 def test_stop_before_training_saves_nothing(services, tmp_path):
     setup = services.setup("btmri")
     data = jobs.load_class_images(BTMRI, _class_files(tmp_path, 1))
+    stopped = MemoryChannel()
+    stopped.request_stop()
     with pytest.raises(jobs.TrainingStopped):
         jobs.run_fewshot(services.backbone, setup, data, TrainSettings.from_setup(setup, **FAST), tmp_path / "ck",
-                         should_stop=lambda: True)
+                         channel=stopped)
     assert not (tmp_path / "ck").exists()
 
 
 def test_one_training_at_a_time_reports_waiting():
     lock = threading.Lock()
     release = threading.Event()
-    first = jobs.TrainingJob(lambda report, stop: release.wait(10) and "first", lock=lock).start()
-    second = jobs.TrainingJob(lambda report, stop: "second", lock=lock).start()
+    first = jobs.TrainingJob(lambda channel: release.wait(10) and "first", lock=lock).start()
+    second = jobs.TrainingJob(lambda channel: "second", lock=lock).start()
     deadline = time.time() + 5
-    while second.status.phase != "waiting" and time.time() < deadline:
+    while "Waiting" not in second.status.text and time.time() < deadline:
         time.sleep(0.02)
     assert "Waiting for another training to finish" in second.status.text and not second.wait(0.2)
     release.set()
     assert first.wait(5) and second.wait(5) and (first.result, second.result) == ("first", "second")
-    third_blocker = jobs.TrainingJob(lambda r, s: time.sleep(0.5), lock=lock).start()
-    waiting = jobs.TrainingJob(lambda r, s: "never", lock=lock).start()
+    third_blocker = jobs.TrainingJob(lambda channel: time.sleep(0.5), lock=lock).start()
+    waiting = jobs.TrainingJob(lambda channel: "never", lock=lock).start()
     time.sleep(0.1)
     waiting.stop()  # Stop while queued behind another training
     assert waiting.wait(5) and isinstance(waiting.error, jobs.TrainingStopped)

@@ -1,4 +1,6 @@
-"""Training: frozen backbone, learning on a synthetic task, modes, reproducibility, cancel."""
+"""Training: frozen backbone, learning on a synthetic task, modes, reproducibility, cancel, resuming."""
+import pickle
+
 import pytest
 import torch
 from conftest import SYNTH_CLASSES, synthetic_set
@@ -9,7 +11,7 @@ from dpt_core.losses import LossWeights
 from dpt_core.model import BiomedDPT
 from dpt_core.prompt_bank import build_prompt_bank
 from dpt_core.teacher import build_teacher
-from dpt_core.train import TrainConfig, fit, lr_at
+from dpt_core.train import TrainConfig, finish_fit, fit, fit_epochs, lr_at, start_fit
 
 TEMPLATE = "a photo of a {}."
 
@@ -121,3 +123,62 @@ def test_center_view_reuses_the_given_features(tiny, monkeypatch):
     feats = real(model, data.images)
     fit(model, data, teacher, TrainConfig(epochs=2, views=2, center_view=True), eval_features=feats)
     assert len(calls) == 1  # only the one augmented view was encoded
+
+
+def _fit_in_calls(tiny, data, cfg, budget_s=0.0, stop_after_calls=None):
+    """Like the app on ZeroGPU: every call builds its own model and gets the state by pickle."""
+    model, teacher = _setup(tiny)
+    state = pickle.loads(pickle.dumps(start_fit(model, data, cfg)))
+    calls = 0
+    while not state.finished:
+        model, teacher = _setup(tiny)  # a fresh model per call: nothing carried over but the state
+        stop = (lambda: True) if stop_after_calls is not None and calls >= stop_after_calls else None
+        state = pickle.loads(pickle.dumps(fit_epochs(model, data, teacher, cfg, state, should_stop=stop,
+                                                     budget_s=budget_s)))
+        calls += 1
+    model, _ = _setup(tiny)
+    return model, finish_fit(model, state), calls
+
+
+@pytest.mark.parametrize("mode", ["fast", "exact"])
+def test_training_in_calls_is_bitwise_one_training(tiny, mode):
+    data = synthetic_set(3, 2)  # 9 images: batches of 4, 4, 1
+    cfg = TrainConfig(epochs=4, views=2, mode=mode, center_view=mode == "fast", lr=0.05,
+                      loss_weights=LossWeights(0.5, 0.1))  # dropout on, momentum on, both random streams used
+    model, teacher = _setup(tiny)
+    whole = fit(model, data, teacher, cfg)
+    chunked_model, chunked, calls = _fit_in_calls(tiny, data, cfg, budget_s=0.0)
+    assert calls == 4  # a zero budget still runs one epoch per call
+    assert torch.equal(chunked_model.prompt_learner.ctx, model.prompt_learner.ctx)
+    assert chunked.history == whole.history and not chunked.stopped
+
+
+def test_budget_leaves_epochs_for_the_next_call(tiny):
+    data = synthetic_set(2, 0)
+    cfg = TrainConfig(epochs=5, views=1)
+    model, teacher = _setup(tiny)
+    state = start_fit(model, data, cfg)
+    assert state.epoch == 0 and state.views.shape[:2] == (1, len(data)) and state.views.device.type == "cpu"
+    fit_epochs(model, data, teacher, cfg, state, budget_s=0.0)
+    assert state.epoch == 1 and not state.finished
+    fit_epochs(model, data, teacher, cfg, state, budget_s=3600.0)
+    assert state.epoch == 5 and state.finished and len(state.history) == 5
+    before = state.ctx.clone()
+    fit_epochs(model, data, teacher, cfg, state)  # a finished state is left as it is
+    assert torch.equal(state.ctx, before) and len(state.history) == 5
+
+
+def test_stop_in_a_later_call_restores_the_best_epoch_of_all_calls(tiny):
+    data = synthetic_set(2, 0)
+    cfg = TrainConfig(epochs=6, views=1, lr=0.05)
+    model, result, calls = _fit_in_calls(tiny, data, cfg, budget_s=0.0, stop_after_calls=3)
+    assert result.stopped and calls == 4 and len(result.history) == 3
+    # the kept context is that of the completed epoch with the lowest mean loss, whichever call ran it
+    model2, teacher = _setup(tiny)
+    state = start_fit(model2, data, cfg)
+    best = None
+    for _ in range(3):
+        fit_epochs(model2, data, teacher, cfg, state, budget_s=0.0)
+        if best is None or state.history[-1]["total"] < best[0]:
+            best = (state.history[-1]["total"], state.ctx.clone())
+    assert torch.equal(model.prompt_learner.ctx, best[1])

@@ -1,0 +1,182 @@
+"""The GPU boundary: every call of the app that runs the backbone goes through this module.
+
+On a Hugging Face ZeroGPU Space there is a GPU only inside functions decorated with
+``spaces.GPU``, and such a call is not an ordinary call: it runs in a worker process
+forked from the server, gets its arguments and returns its result by pickle, changes
+nothing in the server's memory, must end within the duration it declared, and an
+exception escaping it reaches the server only as "ZeroGPU worker error". Hence every
+function here
+
+- takes a ``ServicesRef`` (a picklable handle: the worker finds its own copy of the
+  process's ``Services``, inherited at fork time) and plain data - images, class
+  setups, loaded checkpoints, CPU tensors - never a model, a lock or a callback;
+- returns a ``Result``: the value, or the exception meant for the user, which
+  ``Result.unwrap`` raises again in the server with its type and message intact;
+- declares a duration that covers its worst case on a ZeroGPU slice, including the
+  first call's transfer of the weights. Training is cut into calls of
+  ``TRAIN_SLICE_S`` seconds of epochs each (``dpt_core.train.fit_epochs``).
+
+Anything that needs the network (Hub checkpoints, HF Inference) happens in the server
+before the call, so no GPU time is spent waiting on a download. Off ZeroGPU the
+decorator is a no-op and these are plain calls in the server process; with
+``DPT_SIMULATE_ZEROGPU=1`` they run under ``app.zerogpu_sim``, which enforces the
+rules above on any machine.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Generic, TypeVar
+
+import torch
+
+from . import gpu
+from . import fewshot_jobs as fj
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Seconds of GPU slot asked for per call. Measured work on a GPU is well under a second for a
+# prediction and a few seconds for encoding a few-shot set; the rest is headroom for the
+# first call of a worker, which moves the backbone (~0.8 GB) onto the GPU.
+PREDICT_S = 30  # one image + (first time per class setup) its prompts
+EXPLAIN_S = 30  # Grad-CAM: one forward and backward
+TEXT_S = 60  # description retrieval: embeds the shipped banks once per worker
+PREPARE_S = 120  # up to 8 x 32 images, each encoded once plus up to 16 augmented views
+TRAIN_SLICE_S = 30  # seconds of epochs per training call...
+TRAIN_CALL_S = 60  # ...in a slot with room for one more epoch and the model set-up
+FINISH_S = 30  # held-out check and checkpoint
+
+_REGISTRY: dict[int, Any] = {}
+_KEYS = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class ServicesRef:
+    """A picklable handle to a ``Services`` object of this process (or of the process it was forked from)."""
+
+    key: int
+
+    def get(self) -> Any:
+        return _REGISTRY[self.key]
+
+
+def register(services: Any) -> ServicesRef:
+    key = next(_KEYS)
+    _REGISTRY[key] = services
+    return ServicesRef(key)
+
+
+@dataclass
+class Result(Generic[T]):
+    value: T | None = None
+    error: BaseException | None = None
+
+    def unwrap(self) -> T:
+        if self.error is not None:
+            raise self.error
+        return self.value  # type: ignore[return-value]
+
+
+_SERVER_PID = os.getpid()
+
+
+def _guarded(fn: Callable[..., T], *args: Any) -> Result[T]:
+    if os.getpid() != _SERVER_PID:
+        _forked_worker_setup()
+    try:
+        return Result(fn(*args))
+    except Exception as exc:  # noqa: BLE001 - every error goes back to the server as a value
+        return Result(error=_portable(exc))
+
+
+def _forked_worker_setup() -> None:
+    """Once per worker: CPU ops on one thread.
+
+    A forked process inherits the server's OpenMP thread pool without its threads, so the
+    first parallel CPU op (e.g. normalising an image tensor) would wait for them forever;
+    on one thread no pool is used (DataLoader workers do the same). The model runs on the
+    GPU there; only the small pre-processing is on the CPU.
+    """
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
+def _portable(exc: Exception) -> Exception:
+    """The exception itself when it survives pickling (its type and message are what the UI words)."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:  # noqa: BLE001 - e.g. an exception class with a custom __init__
+        log.error("unpicklable %s from a GPU call", type(exc).__name__, exc_info=exc)
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+
+
+# ------------------------------------------------------------------ the calls (undecorated)
+
+def _predict(ref: ServicesRef, setup, checkpoint_id, checkpoint, image, expected_modality) -> Result:
+    return _guarded(ref.get().predict_here, setup, checkpoint_id, checkpoint, image, expected_modality)
+
+
+def _explain(ref: ServicesRef, setup, checkpoint_id, checkpoint, image, method, target_class, phrase) -> Result:
+    return _guarded(ref.get().explain_here, setup, checkpoint_id, checkpoint, image, method, target_class, phrase)
+
+
+def _describe(ref: ServicesRef, preset, request, backend, model) -> Result:
+    return _guarded(ref.get().describe_here, preset, request, backend, model)
+
+
+def _prepare(ref: ServicesRef, setup, data, settings, channel) -> Result:
+    return _guarded(fj.prepare_run, ref.get().backbone, setup, data, settings, channel)
+
+
+def _train(ref: ServicesRef, setup, settings, prepared, state, budget_s, channel) -> Result:
+    return _guarded(fj.train_slice, ref.get().backbone, setup, settings, prepared, state, budget_s, channel)
+
+
+def _finish(ref: ServicesRef, setup, settings, prepared, state, out_dir, description, channel) -> Result:
+    return _guarded(fj.finish_run, ref.get().backbone, setup, settings, prepared, state, out_dir, description,
+                    channel)
+
+
+@dataclass(frozen=True)
+class DeviceCalls:
+    """The decorated calls. ``CALLS`` uses the app's decorator; tests build others."""
+
+    predict: Callable[..., Result]
+    explain: Callable[..., Result]
+    describe: Callable[..., Result]
+    prepare: Callable[..., Result]
+    train: Callable[..., Result]
+    finish: Callable[..., Result]
+    slice_s: float | None  # seconds of epochs per training call; None: one call
+
+    def fewshot_phases(self, ref: ServicesRef) -> fj.Phases:
+        """The few-shot run's three phases as calls of this kind, bound to ``ref``."""
+        return fj.Phases(
+            prepare=lambda *a: self.prepare(ref, *a).unwrap(),
+            train=lambda *a: self.train(ref, *a).unwrap(),
+            finish=lambda setup, settings, prepared, state, out_dir, description, channel: self.finish(
+                ref, setup, settings, prepared, state, str(Path(out_dir)), description, channel).unwrap(),
+        )
+
+
+def make_calls(decorator: Callable[..., Any], slice_s: float | None = TRAIN_SLICE_S) -> DeviceCalls:
+    return DeviceCalls(
+        predict=decorator(duration=PREDICT_S)(_predict),
+        explain=decorator(duration=EXPLAIN_S)(_explain),
+        describe=decorator(duration=TEXT_S)(_describe),
+        prepare=decorator(duration=PREPARE_S)(_prepare),
+        train=decorator(duration=TRAIN_CALL_S)(_train),
+        finish=decorator(duration=FINISH_S)(_finish),
+        slice_s=slice_s,
+    )
+
+
+# Decorated at import, as ZeroGPU wants: it looks for its functions when the Space starts.
+CALLS = make_calls(gpu)
