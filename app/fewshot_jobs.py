@@ -21,8 +21,12 @@ Defaults and rules, and why:
   paper's 100 so that 4 classes x 8 images take about a minute on a small CPU with the
   full-size model (measured costs at ``CPU_DEFAULTS``); more on a GPU, where it is cheap.
 - Image features are computed once with eval preprocessing for all images; the training
-  part is handed to ``train_prompts`` (the ranked teacher uses it) and the held-out part
-  serves both the adapted and the zero-shot check, so no image is encoded twice.
+  part feeds the ranked teacher and the first training view, and the held-out part serves
+  both the adapted and the zero-shot check, so no image is encoded twice.
+- A run is three kinds of call - ``prepare_run``, ``train_slice`` (as many as needed),
+  ``finish_run`` - with picklable data in between and a ``Channel`` for progress and Stop,
+  so that on ZeroGPU each is one GPU call that fits its slot (``app.device``); elsewhere
+  they are plain calls. ``run_fewshot`` strings them together.
 """
 from __future__ import annotations
 
@@ -532,7 +536,7 @@ class Prepared:
     train_idx: list[int]
     held_idx: list[int]
     teacher: Teacher
-    state: FitState
+    state: FitState | None  # the started fit; the run takes it out (it travels on its own)
     started: float  # time.time() when the run started
     timings: dict[str, float]
 
@@ -645,8 +649,9 @@ def run_fewshot(
     settings = settings.checked()
     start = time.perf_counter()
     prepared = phases.prepare(setup, data, settings, channel)
+    state, prepared = prepared.state, replace(prepared, state=None)  # the views are not sent twice per call
     t = time.perf_counter()
-    state, calls = prepared.state, 0
+    calls = 0
     while not state.finished:
         state = phases.train(setup, settings, prepared, state, slice_s, channel)
         calls += 1

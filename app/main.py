@@ -16,8 +16,8 @@ import gradio as gr
 from dpt_core.backbone import BackboneError
 
 from . import formatting as fmt
+from .examples import EXAMPLES_DIR
 from .predict_tab import (
-    EXAMPLES_DIR,
     PredictHandles,
     checkpoint_choices,
     create_predict_tab,

@@ -35,6 +35,7 @@ from dpt_core.registry import entries_for
 from dpt_core.workflow import ClassSetup
 
 from . import formatting as fmt
+from .examples import EXAMPLES_DIR, ShippedExamples, examples_markdown, load_examples
 from .services import CUSTOM, Services
 from .session import trained_checkpoints
 
@@ -44,7 +45,6 @@ ZERO_SHOT = "zero-shot"  # checkpoint dropdown value: the preset's clinical temp
 PREDICTED = "__predicted__"  # attention target dropdown value: the predicted class
 DEFAULT_PRESET = "btmri"
 DEFAULT_ALPHA = 0.45
-EXAMPLES_DIR = ASSETS_DIR / "examples"
 # Typed local folders as checkpoint ids read the server's disk: off unless the operator allows it.
 ALLOW_LOCAL_ENV = "DPT_ALLOW_LOCAL_CHECKPOINTS"
 FileValue = str | None
@@ -106,24 +106,6 @@ def preset_markdown(preset: str | None) -> str:
             f"Clinical template: `{p.template}` · {len(p.templates)} templates in the ensemble.")
 
 
-def load_examples() -> list[dict[str, Any]]:
-    path = EXAMPLES_DIR / "examples.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        log.warning("no usable examples.json; the examples gallery is empty")
-        return []
-
-
-def examples_markdown(examples: list[dict[str, Any]]) -> str:
-    rows = ["| Example | Modality | Source | Licence |", "|---|---|---|---|"]
-    for e in examples:
-        cells = [e.get("title", ""), e.get("modality", ""), e.get("source", ""), e.get("licence", "")]
-        rows.append("| " + " | ".join(fmt.escape(c).replace("|", "/") for c in cells) + " |")
-    return ("Demonstration inputs only: none is from the presets' datasets and the output on them "
-            "has no diagnostic meaning.\n\n" + "\n".join(rows))
-
-
 def parse_classes_text(text: str | None) -> list[str] | None:
     """API ``classes``: a JSON list, one name per line, or comma-separated; None/blank -> the preset's."""
     text = (text or "").strip()
@@ -162,6 +144,7 @@ class PredictRequest:
     loaded: LoadedImage
     setup: ClassSetup
     checkpoint: str | None
+    example: str | None = None  # the shipped example this image is (by content), if any
 
 
 class PredictController:
@@ -169,6 +152,7 @@ class PredictController:
 
     def __init__(self, services: Services):
         self.services = services
+        self.examples = ShippedExamples()
 
     # -------------------------------------------------------------- resolving inputs
     @staticmethod
@@ -206,7 +190,7 @@ class PredictController:
                 table: Any, state: dict | None) -> PredictRequest:
         setup = self.setup_from_table(preset, table)
         ckpt = self.checkpoint_id(checkpoint, state)
-        return PredictRequest(self.load(path, frame), setup, ckpt)
+        return PredictRequest(self.load(path, frame), setup, ckpt, self.examples.match(path))
 
     # -------------------------------------------------------------- image input
     @user_errors("read the image")
@@ -344,7 +328,11 @@ class PredictController:
     # -------------------------------------------------------------- prediction
     def run_predict(self, req: PredictRequest):
         expected = req.setup.preset.modality if req.setup.preset else None
-        outcome = self.services.predict(req.setup, req.checkpoint, req.loaded.image, expected)
+        if req.example is not None:  # a shipped example: lazily cached for everyone (app.examples)
+            outcome = self.services.predict_example(f"{req.example}#{req.loaded.frame}", req.setup, req.checkpoint,
+                                                    req.loaded.image, expected)
+        else:
+            outcome = self.services.predict(req.setup, req.checkpoint, req.loaded.image, expected)
         header = header_mismatch(req.loaded.meta.get("modality"), expected)
         return outcome, header
 
@@ -406,7 +394,7 @@ class PredictController:
             raise ValueError(f"unknown preset {reprlib.repr(preset)}; known presets: {', '.join(list_presets())}, custom")
         setup = self.services.setup(preset, parse_classes_text(classes), parse_descriptions_text(descriptions))
         return PredictRequest(self.load(image, None if frame is None or frame < 0 else frame), setup,
-                       self.checkpoint_id(checkpoint, None))
+                              self.checkpoint_id(checkpoint, None), self.examples.match(image))
 
     @user_errors("predict")
     def api_predict(

@@ -108,6 +108,7 @@ class Services:
         device: str | None = None,
         predictor_cache: int = 8,
         checkpoint_cache: int = 16,
+        example_cache: int = 256,
         calls: DeviceCalls | None = None,
     ):
         if isinstance(backbone, Backbone):
@@ -122,6 +123,7 @@ class Services:
         self._predictors = _LRU(predictor_cache)
         self._checkpoints = _LRU(checkpoint_cache)
         self._generators = _LRU(1)  # a local LLM is large: keep one
+        self._examples = _LRU(example_cache)  # predictions on the shipped examples (lazy example caching)
         self.train_lock = threading.Lock()  # the Few-shot tab: one training at a time per process
         self.calls = calls or CALLS  # how model work runs: see app.device
         self.ref = register(self)  # what a GPU call gets instead of this object
@@ -185,15 +187,7 @@ class Services:
         """
         checkpoint_id = (checkpoint_id or "").strip() or None
         preset = setup.preset.name if setup.preset else None
-        key = (
-            self.backbone.spec,
-            tuple(setup.class_names),
-            setup.template,
-            setup.n_ctx,
-            tuple(setup.templates),
-            tuple((c, tuple(setup.descriptions.get(c, ()))) for c in setup.class_names),
-            checkpoint_id,
-        )
+        key = self._predictor_key(setup, checkpoint_id)
 
         def build() -> Predictor:
             ckpt = checkpoint if checkpoint is not None or not checkpoint_id else self.load_checkpoint(checkpoint_id, preset)
@@ -202,6 +196,17 @@ class Services:
                              template=setup.template, n_ctx=setup.n_ctx, checkpoint=ckpt)
 
         return self._predictors.get_or_build(key, build)
+
+    def _predictor_key(self, setup: ClassSetup, checkpoint_id: str | None) -> tuple:
+        return (
+            self.backbone.spec,
+            tuple(setup.class_names),
+            setup.template,
+            setup.n_ctx,
+            tuple(setup.templates),
+            tuple((c, tuple(setup.descriptions.get(c, ()))) for c in setup.class_names),
+            (checkpoint_id or "").strip() or None,
+        )
 
     def load_checkpoint(self, checkpoint_id: str, preset: str | None = None) -> PromptCheckpoint:
         """A checkpoint by id (folder, ``hf-hub:...``, ``.pth.tar``), checked against the backbone; cached.
@@ -237,6 +242,16 @@ class Services:
         """Prediction of one image plus the zero-shot modality check on the same image feature."""
         checkpoint_id, ckpt = self._checkpoint(setup, checkpoint_id)
         return self.calls.predict(self.ref, setup, checkpoint_id, ckpt, image, expected_modality).unwrap()
+
+    def predict_example(self, example: str, setup: ClassSetup, checkpoint_id: str | None, image: Image.Image,
+                        expected_modality: str | None) -> PredictOutcome:
+        """``predict`` on a shipped example, computed once per configuration and then served from memory.
+
+        ``example`` names the example (and frame). Only shipped examples come here
+        (``app.examples``): they are not user data, so their results may outlive a session.
+        """
+        key = (example, self._predictor_key(setup, checkpoint_id), expected_modality)
+        return self._examples.get_or_build(key, lambda: self.predict(setup, checkpoint_id, image, expected_modality))
 
     def predict_here(self, setup: ClassSetup, checkpoint_id: str | None, checkpoint: PromptCheckpoint | None,
                      image: Image.Image, expected_modality: str | None) -> PredictOutcome:

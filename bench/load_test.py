@@ -3,7 +3,8 @@
     python bench/load_test.py [--backbone tiny|full] [--users 20] [--seconds 45] [--epochs N]
 
 Load: N users (threads, each with its own gradio_client.Client) call /predict (preset btmri, on
-assets/examples/ct_small.dcm and ct_small.png) in a loop while one few-shot training runs the way
+altered copies of assets/examples/ct_small.dcm and ct_small.png, so that no answer comes from the
+examples' cache) in a loop while one few-shot training runs the way
 the Few-shot tab runs it (TrainingJob around run_fewshot, holding services.train_lock).
 Faults, each followed by a health check (one normal /predict within a timeout): (a) clients that
 drop the connection mid-request, (b) a training stopped after a few steps, (c) malformed requests.
@@ -33,11 +34,26 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from app.fewshot_jobs import TrainingJob, TrainingStopped, TrainSettings, load_class_images, run_fewshot
+from app.job_channel import FileChannel
 from app.main import build_demo, launch_options
 from app.services import Services
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "examples"
-IMAGES = [EXAMPLES / "ct_small.dcm", EXAMPLES / "ct_small.png"]  # DICOM and PNG decoding paths
+# DICOM and PNG decoding paths. Altered copies of two examples, made in main(): predictions on the
+# shipped examples themselves are cached (app.examples), and the load must reach the model.
+IMAGES: list[Path] = []
+
+
+def upload_copies(folder: Path) -> list[Path]:
+    import pydicom
+
+    ds = pydicom.dcmread(EXAMPLES / "ct_small.dcm")
+    ds.InstanceNumber = 9999  # another file, the same image
+    dcm = folder / "scan.dcm"
+    ds.save_as(dcm)
+    png = folder / "scan.png"
+    Image.open(EXAMPLES / "ct_small.png").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(png)
+    return [dcm, png]
 PRESET = "btmri"
 MAX_SECONDS = 60  # hard cap of the load phase, in-flight requests included
 HEALTH_TIMEOUT = 60.0
@@ -105,11 +121,12 @@ def start_training(services: Services, files: list[list[str]], epochs: int, out_
     data = load_class_images(setup.class_names, files)
     settings = TrainSettings.from_setup(setup, gpu=services.backbone.device.type == "cuda", epochs=epochs)
 
-    def work(report, should_stop):
-        return run_fewshot(services.backbone, setup, data, settings, out_dir, "synthetic load-test images",
-                           report, should_stop)
+    def work(channel):
+        return run_fewshot(services.calls.fewshot_phases(services.ref), setup, data, settings, out_dir,
+                           "synthetic load-test images", channel, services.calls.slice_s)
 
-    return TrainingJob(work, lock=services.train_lock).start()
+    # As the tab does: a file channel, which reaches the training also when it runs in GPU calls.
+    return TrainingJob(work, lock=services.train_lock, channel=FileChannel(out_dir.with_name(out_dir.name + "-channel"))).start()
 
 
 # --------------------------------------------------------------------------- load
@@ -258,6 +275,7 @@ def main() -> int:
 
     services, demo, url = launch(spec)
     work = Path(tempfile.mkdtemp(prefix="dpt-load-"))
+    IMAGES[:] = upload_copies(work)
     files = synthetic_uploads(work)
     rows: list[tuple] = [("machine", machine(), ""),
                          ("backbone", f"{args.backbone} ({services.backbone.spec}, {services.backbone.device})", "")]

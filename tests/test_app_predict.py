@@ -459,6 +459,10 @@ def test_modality_warning_reaches_the_ui(ctl, ct_path, btmri_table, monkeypatch)
         return modality.check_modality(backbone, feats[names.index("histopathology")], expected, margin, True)
 
     monkeypatch.setattr(svc, "check_modality", fake_check)
+    from app.examples import ShippedExamples
+
+    # pydicom's CT_small.dcm is also a shipped example, whose cached result would skip the check
+    monkeypatch.setattr(ctl, "examples", ShippedExamples([]))
     with pytest.warns(UserWarning):  # gr.Warning outside a request falls back to warnings.warn
         modality_md = predict(ctl, ct_path, btmri_table)[2]
     assert "looks more like a histopathology image" in modality_md
@@ -549,3 +553,57 @@ def test_main_launches_with_privacy_defaults(monkeypatch):
     seen.clear()
     app_main.main(["--backbone", "tiny", "--share", "--host", "0.0.0.0", "--log-level", "WARNING"])
     assert seen["share"] is True and seen["server_name"] == "0.0.0.0" and seen["server_port"] is None
+
+
+# ---------------------------------------------------------------------------- lazy example caching
+
+def test_shipped_examples_are_recognised_by_content_only(tmp_path):
+    import shutil
+
+    from app.examples import EXAMPLES_DIR, ShippedExamples
+
+    shipped = ShippedExamples()
+    copy = tmp_path / "upload.bin"  # Gradio hands handlers a renamed copy
+    shutil.copy(EXAMPLES_DIR / "ct_small.png", copy)
+    assert shipped.match(copy) == "ct_small.png"
+    changed = tmp_path / "ct_small.png"  # the name alone is not enough
+    data = bytearray(copy.read_bytes())
+    data[-20] ^= 0xFF
+    changed.write_bytes(bytes(data))
+    assert shipped.match(changed) is None
+    assert shipped.match(tmp_path / "missing.png") is None and shipped.match(None) is None
+
+
+def test_example_predictions_are_cached_lazily_uploads_never(tiny, tmp_path):
+    import shutil
+
+    from app.device import make_calls
+    from app.examples import EXAMPLES_DIR
+
+    model_calls = []
+
+    def counting(fn=None, **_):
+        def wrap(f):
+            return lambda *a: model_calls.append(f.__name__) or f(*a)
+        return wrap if fn is None else wrap(fn)
+
+    services = Services(tiny, calls=make_calls(counting))
+    ctl = PredictController(services)
+    table = ctl.preset_table("btmri")
+    example = tmp_path / "a.png"
+    shutil.copy(EXAMPLES_DIR / "ct_small.png", example)
+    first = ctl.on_predict(str(example), 0, "btmri", ZERO_SHOT, table, None)
+    again = ctl.on_predict(str(example), 0, "btmri", ZERO_SHOT, table, None)
+    assert model_calls == ["_predict"]  # computed on first use, then served from memory
+    assert again[0] == first[0]
+    edited = table.copy()
+    edited.iloc[0, 1] = "a sentence nobody has encoded before"
+    ctl.on_predict(str(example), 0, "btmri", ZERO_SHOT, edited, None)
+    assert model_calls == ["_predict"] * 2  # another configuration is another entry
+    upload = tmp_path / "b.png"
+    Image.open(example).convert("L").rotate(90).save(upload)
+    ctl.on_predict(str(upload), 0, "btmri", ZERO_SHOT, table, None)
+    ctl.on_predict(str(upload), 0, "btmri", ZERO_SHOT, table, None)
+    assert model_calls == ["_predict"] * 4  # an upload is computed every time, never kept
+    api_first = ctl.api_predict(str(example), "btmri")  # the public API shares the cache
+    assert ctl.api_predict(str(example), "btmri") == api_first and model_calls == ["_predict"] * 4

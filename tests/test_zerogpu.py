@@ -23,6 +23,7 @@ from app.services import Services
 from app.session import cleanup_session_state, new_session_state, session_dir
 from dpt_core.checkpoint import read_folder
 from dpt_core.describe import GenerationError
+from dpt_core.workflow import setup_from_checkpoint
 
 BTMRI = ["glioma tumor", "meningioma tumor", "pituitary tumor", "normal brain"]
 
@@ -137,6 +138,11 @@ def test_training_in_gpu_slots_equals_training_in_process(local, zero, tmp_path)
     assert b.check.adapted.accuracy == a.check.adapted.accuracy
     last = channel.status()
     assert last is not None and last.phase == "saving"  # written by the worker, read here
+    # the new checkpoint, loaded in the server, crosses into a GPU call for prediction
+    image = _image(2, 9)
+    pa = local.predict(setup_from_checkpoint(read_folder(a.folder)), str(a.folder), image, "MRI").prediction
+    pb = zero.predict(setup_from_checkpoint(read_folder(b.folder)), str(b.folder), image, "MRI").prediction
+    assert pb.probs == pytest.approx(pa.probs, abs=1e-6)
 
 
 @pytest.mark.slow
