@@ -47,7 +47,7 @@ T = TypeVar("T")
 PREDICT_S = 30  # one image + (first time per class setup) its prompts
 EXPLAIN_S = 30  # Grad-CAM: one forward and backward
 TEXT_S = 60  # description retrieval: embeds the shipped banks once per worker
-PREPARE_S = 120  # up to 8 x 32 images, each encoded once plus up to 16 augmented views
+PREPARE_BASE_S, PREPARE_PER_PASS_S, PREPARE_MAX_S = 30, 0.025, 120  # see prepare_duration
 TRAIN_SLICE_S = 30  # seconds of epochs per training call...
 TRAIN_CALL_S = 60  # ...in a slot with room for one more epoch and the model set-up
 FINISH_S = 30  # held-out check and checkpoint
@@ -131,6 +131,15 @@ def _describe(ref: ServicesRef, preset, request, backend, model) -> Result:
     return _guarded(ref.get().describe_here, preset, request, backend, model)
 
 
+def prepare_duration(ref: ServicesRef, setup, data, settings, channel) -> float:
+    """The preparation's slot: image passes (each image once, plus its augmented views) x a CPU-side
+    cost per pass (decoding is done; crop, resize and normalise on one thread), plus the worker's
+    start-up. 4 classes x 8 images with the GPU defaults: 30 + 0.025 x 32 x 4 = 33 s; the most the
+    tab allows (8 x 32 images, 16 views): 30 + 0.025 x 256 x 16 = 132 s, capped at 120."""
+    passes = len(data) * (1 + max(0, int(settings.views) - 1))
+    return min(PREPARE_MAX_S, PREPARE_BASE_S + PREPARE_PER_PASS_S * passes)
+
+
 def _prepare(ref: ServicesRef, setup, data, settings, channel) -> Result:
     return _guarded(fj.prepare_run, ref.get().backbone, setup, data, settings, channel)
 
@@ -171,7 +180,7 @@ def make_calls(decorator: Callable[..., Any], slice_s: float | None = TRAIN_SLIC
         predict=decorator(duration=PREDICT_S)(_predict),
         explain=decorator(duration=EXPLAIN_S)(_explain),
         describe=decorator(duration=TEXT_S)(_describe),
-        prepare=decorator(duration=PREPARE_S)(_prepare),
+        prepare=decorator(duration=prepare_duration)(_prepare),
         train=decorator(duration=TRAIN_CALL_S)(_train),
         finish=decorator(duration=FINISH_S)(_finish),
         slice_s=slice_s,

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 import torch
+from PIL import Image
 
 from dpt_core.backbone import Backbone
 from dpt_core.checkpoint import CheckpointError, read_folder, write_checkpoint
@@ -76,6 +77,7 @@ from .job_channel import Channel, MemoryChannel, Status
 
 log = logging.getLogger(__name__)
 
+MAX_SHORT_SIDE = 800  # uploads for training are reduced to this (see ``bounded``)
 HELDOUT_MIN_PER_CLASS = 4  # every class needs this many images for a held-out check
 HELDOUT_FRACTION = 0.25  # share of each class held out (at least one image)
 DEFAULT_BATCH = 4  # the paper's batch size
@@ -213,7 +215,7 @@ def load_class_images(class_names: Sequence[str], files_per_class: Sequence[Sequ
     for label, (name, paths) in enumerate(zip(class_names, files)):
         for p in paths:
             try:
-                images.append(load_image(p).image)
+                images.append(bounded(load_image(p).image))
                 labels.append(label)
             except ImageLoadError as err:
                 problems.append(f"{name}: {err}")
@@ -221,6 +223,22 @@ def load_class_images(class_names: Sequence[str], files_per_class: Sequence[Sequ
         raise FewShotError("Some files are not images the app can read (PNG, JPEG, TIFF, BMP, WEBP, GIF or "
                            "DICOM). Remove them and try again:\n" + _bullets(problems))
     return LabelledImages(images, torch.tensor(labels, dtype=torch.long), list(class_names))
+
+
+def bounded(image: Image.Image, max_short_side: int = MAX_SHORT_SIDE) -> Image.Image:
+    """The image reduced so that its short side is at most ``max_short_side`` (unchanged if already).
+
+    The model sees 224 px crops; the smallest crop training draws (RandomResizedCrop, 8% of
+    the area) of an 800 px image is still about 226 px, so no crop is ever enlarged, while a
+    session's images stay small in memory and in what a GPU call receives (a 3000 px DICOM
+    decodes to 27 MB).
+    """
+    short = min(image.size)
+    if short <= max_short_side:
+        return image
+    scale = max_short_side / short
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)
 
 
 def _size(path: str) -> int:

@@ -574,3 +574,12 @@ def test_use_in_predict_needs_a_result(state):
 def test_predict_choices_fallback_is_per_session():
     a = {"dir": "/tmp/x", "trained": {}}
     assert tab.predict_choices([("Zero-shot", "zero-shot")], a) == [("Zero-shot", "zero-shot")]
+
+
+def test_large_uploads_are_reduced_for_training_small_ones_kept(tmp_path):
+    big = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (1600, 2000), dtype=np.uint8)).save(big)
+    small = _png(tmp_path / "small.png", 0, 1)
+    data = jobs.load_class_images(["a", "b"], [[str(big)], [str(small)]])
+    assert data.images[0].size == (1000, 800)  # short side 800, aspect kept
+    assert data.images[1].size == Image.open(small).size

@@ -218,3 +218,45 @@ def test_channels_carry_status_and_stop(tmp_path):
 
     shutil.rmtree(gone.folder)
     assert gone.stop_requested()  # the session folder went away: nobody waits for the result
+
+
+def test_preparation_slot_grows_with_the_work():
+    from app.device import prepare_duration
+
+    setup = None
+    small = prepare_duration(None, setup, _data(2), TrainSettings(views=4), None)
+    large = prepare_duration(None, setup, _data(8), TrainSettings(views=4), None)
+    assert 30 < small < large <= 120
+    assert prepare_duration(None, setup, _data(64), TrainSettings(views=16), None) == 120
+
+
+@pytest.mark.slow
+def test_no_model_work_runs_in_the_server_process(tmp_path):
+    """On ZeroGPU the server process has no GPU: every forward must happen inside a GPU call."""
+    import os
+
+    from dpt_core.backbone import load_backbone
+
+    server = os.getpid()
+    backbone = load_backbone("tiny", "cpu")  # its own copy: the hooks stay off the shared fixture
+
+    def refuse_in_server(module, args):
+        if os.getpid() == server:
+            raise AssertionError(f"{type(module).__name__} ran in the server process")
+
+    for m in backbone.clip.modules():
+        m.register_forward_pre_hook(refuse_in_server)
+    services = Services(backbone, calls=make_calls(sim.simulated_gpu))
+    setup = services.setup("btmri")
+    image = _image(0, 1)
+    assert services.predict(setup, None, image, "MRI").prediction.prediction in BTMRI
+    for method in ("gradcam", "rollout"):
+        assert services.explain(setup, None, image, method).heatmap.shape[0] > 0
+    assert services.explain(setup, None, image, "gradcam", phrase="a bright mass").target == "a bright mass"
+    assert services.generate_descriptions(setup, "glioma tumor", "retrieval", 3).sentences
+    r = jobs.run_fewshot(services.calls.fewshot_phases(services.ref), setup, _data(4),
+                         TrainSettings.from_setup(setup, epochs=2, views=2), tmp_path / "ck", "",
+                         FileChannel(tmp_path / "ch"), services.calls.slice_s)
+    assert r.epochs_completed == 2 and r.check is not None
+    with pytest.raises(AssertionError, match="ran in the server process"):  # the guard itself works
+        services.predict_here(setup, None, None, image, "MRI")
