@@ -326,9 +326,19 @@ class PredictController:
         return fmt.class_table(setup.class_names, setup.descriptions)
 
     # -------------------------------------------------------------- prediction
+    def shipped_configuration(self, req: PredictRequest) -> bool:
+        """Whether the request uses only what the app ships: a preset's own classes and descriptions,
+        with the zero-shot prompt or a Hub checkpoint. Only then may a result outlive the session:
+        an edited table or a checkpoint trained in the session is the user's."""
+        preset = req.setup.preset
+        if preset is None or (req.checkpoint and not req.checkpoint.startswith("hf-hub:")):
+            return False
+        default = self.services.setup(preset.name)
+        return req.setup.class_names == default.class_names and req.setup.descriptions == default.descriptions
+
     def run_predict(self, req: PredictRequest):
         expected = req.setup.preset.modality if req.setup.preset else None
-        if req.example is not None:  # a shipped example: lazily cached for everyone (app.examples)
+        if req.example is not None and self.shipped_configuration(req):  # cached for everyone (app.examples)
             outcome = self.services.predict_example(f"{req.example}#{req.loaded.frame}", req.setup, req.checkpoint,
                                                     req.loaded.image, expected)
         else:

@@ -3,8 +3,10 @@
 ``Services`` owns the process-wide, read-only backbone (loaded lazily, once), a
 small LRU of predictors (text features are the expensive part, so one predictor
 per combination of classes, descriptions and checkpoint), a cache of loaded
-checkpoints and the lock that keeps few-shot training to one run at a time.
-Per-user data never lives here: it is in ``gr.State`` (see ``app.session``).
+checkpoints, the lazily filled cache of predictions on the shipped examples, and
+the lock that keeps few-shot training to one run at a time. Every model call goes
+through ``app.device`` (a GPU call on ZeroGPU), which finds this object again by
+``self.ref``. Per-user data never lives here: it is in ``gr.State`` (see ``app.session``).
 """
 from __future__ import annotations
 
@@ -190,7 +192,9 @@ class Services:
         key = self._predictor_key(setup, checkpoint_id)
 
         def build() -> Predictor:
-            ckpt = checkpoint if checkpoint is not None or not checkpoint_id else self.load_checkpoint(checkpoint_id, preset)
+            ckpt = checkpoint
+            if ckpt is None and checkpoint_id:
+                ckpt = self.load_checkpoint(checkpoint_id, preset)
             log.info("building predictor: %d classes, checkpoint %s", len(setup.class_names), checkpoint_id or "none")
             return Predictor(self.backbone, setup.class_names, setup.templates, setup.descriptions,
                              template=setup.template, n_ctx=setup.n_ctx, checkpoint=ckpt)
@@ -321,7 +325,8 @@ class Services:
             raise GenerationError("Name a local model: a folder with transformers weights or a Hub model id.")
         return self.calls.describe(self.ref, p.name if p else None, request, backend, model).unwrap()
 
-    def describe_here(self, preset: str | None, request: GenerationRequest, backend: str, model: str) -> GenerationResult:
+    def describe_here(self, preset: str | None, request: GenerationRequest, backend: str,
+                      model: str) -> GenerationResult:
         if backend == "retrieval":
             return self._retrieval(preset).generate(request)
         generator = self._generators.get_or_build(model, lambda: make_generator("local", model=model))

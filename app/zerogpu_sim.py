@@ -9,8 +9,8 @@ that breaks one of these rules works everywhere else and fails only on the Space
 process (stricter than ZeroGPU, which may reuse a worker; so no call can rely on an
 earlier one's memory), pickles both ways, and kills the call when it runs past
 ``duration x DPT_ZEROGPU_SIM_SCALE`` seconds. ``DPT_SIMULATE_ZEROGPU=1 python app.py``
-runs the whole app this way; the tests use it to check every GPU call of both tabs. It cannot check CUDA itself: the call runs on
-whatever device the backbone is on.
+runs the whole app this way; the tests use it to check every GPU call of both tabs.
+It cannot check CUDA itself: the call runs on whatever device the backbone is on.
 """
 from __future__ import annotations
 

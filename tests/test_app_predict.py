@@ -599,11 +599,15 @@ def test_example_predictions_are_cached_lazily_uploads_never(tiny, tmp_path):
     edited = table.copy()
     edited.iloc[0, 1] = "a sentence nobody has encoded before"
     ctl.on_predict(str(example), 0, "btmri", ZERO_SHOT, edited, None)
-    assert model_calls == ["_predict"] * 2  # another configuration is another entry
+    ctl.on_predict(str(example), 0, "btmri", ZERO_SHOT, edited, None)
+    assert model_calls == ["_predict"] * 3  # what the user typed is theirs: computed, never kept
     upload = tmp_path / "b.png"
     Image.open(example).convert("L").rotate(90).save(upload)
     ctl.on_predict(str(upload), 0, "btmri", ZERO_SHOT, table, None)
     ctl.on_predict(str(upload), 0, "btmri", ZERO_SHOT, table, None)
-    assert model_calls == ["_predict"] * 4  # an upload is computed every time, never kept
+    assert model_calls == ["_predict"] * 5  # an upload is computed every time, never kept
     api_first = ctl.api_predict(str(example), "btmri")  # the public API shares the cache
-    assert ctl.api_predict(str(example), "btmri") == api_first and model_calls == ["_predict"] * 4
+    assert ctl.api_predict(str(example), "btmri") == api_first and model_calls == ["_predict"] * 5
+    ctl.on_predict(str(example), 0, "kvasir", ZERO_SHOT, ctl.preset_table("kvasir"), None)
+    ctl.on_predict(str(example), 0, "kvasir", ZERO_SHOT, ctl.preset_table("kvasir"), None)
+    assert model_calls == ["_predict"] * 6  # another preset is another entry
