@@ -28,6 +28,7 @@ import itertools
 import logging
 import os
 import pickle
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Generic, TypeVar
@@ -41,9 +42,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Seconds of GPU slot asked for per call. Measured work on a GPU is well under a second for a
-# prediction and a few seconds for encoding a few-shot set; the rest is headroom for the
-# first call of a worker, which moves the backbone (~0.8 GB) onto the GPU.
+# Seconds of GPU slot asked for per call. The work itself is far below these on a GPU (a CPU
+# prediction here is ~0.7 s, bench/README.md; no GPU timing exists yet): the slot is mostly
+# headroom for a worker's first call, which moves the backbone (~0.8 GB of fp32) onto the GPU.
 PREDICT_S = 30  # one image + (first time per class setup) its prompts
 EXPLAIN_S = 30  # Grad-CAM: one forward and backward
 TEXT_S = 60  # description retrieval: embeds the shipped banks once per worker
@@ -52,7 +53,7 @@ TRAIN_SLICE_S = 30  # seconds of epochs per training call...
 TRAIN_CALL_S = 60  # ...in a slot with room for one more epoch and the model set-up
 FINISH_S = 30  # held-out check and checkpoint
 
-_REGISTRY: dict[int, Any] = {}
+_REGISTRY: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()  # a dropped Services goes
 _KEYS = itertools.count(1)
 
 
