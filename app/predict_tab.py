@@ -30,7 +30,7 @@ from dpt_core.explain import Explanation, overlay
 from dpt_core.imageio import LoadedImage, load_image
 from dpt_core.modality import header_mismatch
 from dpt_core.predictor import MAX_CLASSES, check_class_names
-from dpt_core.presets import ASSETS_DIR, list_presets, load_preset
+from dpt_core.presets import list_presets, load_preset
 from dpt_core.registry import entries_for
 from dpt_core.workflow import ClassSetup
 
