@@ -9,7 +9,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -105,15 +105,15 @@ def train_prompts(
     setup: ClassSetup,
     data: LabelledImages,
     config: TrainConfig,
-    teacher_mode: str = "mean",
-    visual: VisualPromptConfig = VisualPromptConfig(),
     on_step: Callable[[StepInfo], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    train_features: torch.Tensor | None = None,
+    **options: Any,
 ) -> TrainOutcome:
-    """``prepare_training`` then the whole fit in this call."""
-    model, teacher, state = prepare_training(backbone, setup, data, config, teacher_mode, visual, should_stop,
-                                             train_features)
+    """``prepare_training(backbone, setup, data, config, **options)``, then the whole fit in this call.
+
+    ``options``: ``teacher_mode``, ``visual``, ``should_stop``, ``train_features``.
+    """
+    model, teacher, state = prepare_training(backbone, setup, data, config, **options)
+    should_stop = options.get("should_stop")
     fit_epochs(model, data, teacher, config, state, on_step=on_step, should_stop=should_stop)
     return TrainOutcome(model, teacher, finish_fit(model, state), len(data))
 
