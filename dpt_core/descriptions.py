@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -31,11 +32,19 @@ def class_key(name: str) -> str:
 
 
 def load_bank(preset: str) -> Descriptions:
-    """The shipped expert description bank of a preset ({} if there is none)."""
-    path = DESCRIPTIONS_DIR / f"{preset.lower()}.json"
+    """The shipped expert description bank of a preset ({} if there is none); a fresh copy each call."""
+    return {cls: list(sentences) for cls, sentences in _shipped_bank(preset.lower())}
+
+
+@lru_cache(maxsize=None)
+def _shipped_bank(preset: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    # Shipped files do not change while the process runs; the app resolves a bank on every
+    # request, so each file is read and validated once.
+    path = DESCRIPTIONS_DIR / f"{preset}.json"
     if not path.is_file():
-        return {}
-    return validate_descriptions(json.loads(path.read_text(encoding="utf-8")), source=path.name)
+        return ()
+    bank = validate_descriptions(json.loads(path.read_text(encoding="utf-8")), source=path.name)
+    return tuple((cls, tuple(sentences)) for cls, sentences in bank.items())
 
 
 def bank_hash(preset: str) -> str | None:
