@@ -20,7 +20,6 @@ Layout and wiring only; the logic (checks, zip import, the training job, export)
 """
 from __future__ import annotations
 
-import html
 import logging
 import os
 import time
@@ -40,10 +39,8 @@ from dpt_core.visual import LAYOUTS
 from dpt_core.workflow import ClassSetup
 
 from .fewshot_jobs import (
-    CPU_DEFAULTS,
     DEFAULT_BATCH,
     DEFAULT_SETTINGS_NOTE,
-    GPU_DEFAULTS,
     HELDOUT_MIN_PER_CLASS,
     JOBS,
     LIMITS,
@@ -66,10 +63,10 @@ from .fewshot_jobs import (
     summarize_card,
     zip_checkpoint,
 )
-from .formatting import clip_message
+from .formatting import clip_message, escape
 from .job_channel import FileChannel
 from .services import CUSTOM, Services
-from .session import add_trained, new_session_state, session_dir, trained_checkpoints
+from .session import add_trained, new_session_state, session_dir
 
 log = logging.getLogger(__name__)
 
@@ -137,14 +134,9 @@ class _Ui:
 
 # =========================================================================== formatting
 
-def _esc(text: str) -> str:
-    """User-controlled text (file and folder names, class names) goes into Markdown/HTML: neutralise markup."""
-    return html.escape(str(text), quote=False)
-
-
 def _error(message: str, title: str = "Error") -> gr.Error:
     """A user-facing error: escaped (the modal renders HTML), line breaks kept, no server-side traceback."""
-    return gr.Error(_esc(clip_message(message)).replace("\n", "<br>"), title=title, print_exception=False)
+    return gr.Error(escape(clip_message(message)).replace("\n", "<br>"), title=title, print_exception=False)
 
 
 def preset_choices() -> list[tuple[str, str]]:
@@ -204,7 +196,7 @@ def summary_markdown(r: FewShotResult) -> str:
             f"({right_a}/{c.n_images}) vs zero-shot prompt **{_pct(c.zero_shot.accuracy)}** ({right_z}/{c.n_images}). "
             f"Each image moves accuracy by {100 / c.n_images:.1f} points: a sanity check, not a validation.")
     else:
-        lines.append(_esc(r.no_check_reason))
+        lines.append(escape(r.no_check_reason))
     if r.random_weights:
         lines.append("_The backbone has random weights: these numbers are meaningless._")
     return "\n\n".join(lines)
@@ -237,17 +229,6 @@ def checkpoint_label(r: FewShotResult) -> str:
     return f"Few-shot {r.preset or 'custom'} {time.strftime('%H:%M:%S')} ({r.n_images} images)"
 
 
-def predict_choices(base: Sequence[Any], state: dict | None) -> list[tuple[str, str]]:
-    """Fallback for the Predict dropdown's choices: the shared ones plus this session's checkpoints.
-
-    Used only when the Predict tab offers no ``checkpoint_update`` helper.
-    """
-    mine = trained_checkpoints(state)
-    shared = [c if isinstance(c, tuple) else (str(c), str(c)) for c in base or []]
-    others = [(lab, val) for lab, val in shared if val not in mine.values()]
-    return others + [(f"{label} (trained in this session)", folder) for label, folder in mine.items()]
-
-
 # =========================================================================== handlers (plain functions)
 
 def on_preset(preset: str) -> tuple[Any, Any, Any]:
@@ -266,15 +247,15 @@ def on_classes(text: str) -> list[Any]:
     try:
         parse_class_names(text)
     except FewShotError as err:
-        msg = f"⚠️ {_esc(err)}" if names else "Type the class names, one per line (or pick a preset)."
+        msg = f"⚠️ {escape(err)}" if names else "Type the class names, one per line (or pick a preset)."
     cards = [gr.update(visible=i < len(names)) for i in range(N_CARDS)]
-    headers = [gr.update(value=f"**{i + 1}. {_esc(names[i])}**" if i < len(names) else "") for i in range(N_CARDS)]
+    headers = [gr.update(value=f"**{i + 1}. {escape(names[i])}**" if i < len(names) else "") for i in range(N_CARDS)]
     return [*cards, *headers, gr.update(value=msg)]
 
 
 def on_files(paths: Sequence[str] | None) -> tuple[Any, str]:
     summary = summarize_card(paths)
-    return summary.thumbnails, _esc(summary.text())
+    return summary.thumbnails, escape(summary.text())
 
 
 def on_zip(state: dict | None, zip_path: str | None, preset: str, classes_text: str) -> list[Any]:
@@ -292,7 +273,7 @@ def on_zip(state: dict | None, zip_path: str | None, preset: str, classes_text: 
         raise _error(str(err)) from None
     files = [[str(p) for p in f] for f in result.files] + [[]] * (N_CARDS - len(result.files))
     classes_update = gr.update(value="\n".join(result.class_names)) if custom_empty else gr.update()
-    return [state, classes_update, *[f or None for f in files], _esc(result.report())]
+    return [state, classes_update, *[f or None for f in files], escape(result.report())]
 
 
 def prepare(state: dict | None, services: Services, preset: str, classes_text: str, consent: bool,
@@ -368,7 +349,7 @@ def train_stream(services: Services, state: dict | None, pending: PendingRun | N
 def _finish(job: TrainingJob[FewShotResult], ui: _Ui) -> dict:
     err = job.error
     if isinstance(err, TrainingStopped):
-        return {ui.status: f"**Stopped.** {_esc(err)}"}
+        return {ui.status: f"**Stopped.** {escape(err)}"}
     if isinstance(err, (FewShotError, ValueError)):
         raise _error(str(err), "Training failed")
     if err is not None:
@@ -412,12 +393,7 @@ def use_in_predict(state: dict | None, last: dict | None, predict: Any) -> tuple
         raise _error("Train a checkpoint first.")
     state = add_trained(state or new_session_state(), last["label"], last["folder"])
     preset = last.get("preset") or CUSTOM
-    make_update = getattr(predict, "checkpoint_update", None)
-    if make_update is not None:
-        checkpoint = make_update(preset, state, last["folder"])
-    else:
-        base = list(getattr(predict.checkpoint, "choices", None) or [])
-        checkpoint = gr.update(choices=predict_choices(base, state), value=last["folder"])
+    checkpoint = predict.checkpoint_update(preset, state, last["folder"])
     return state, gr.update(value=preset), checkpoint, gr.Tabs(selected="predict")
 
 
@@ -500,21 +476,20 @@ def _build(services: Services) -> _Ui:
                              placeholder="e.g. 8 axial T1 MR slices per class from our teaching archive, 2024; "
                                          "no patient identifiers.")
     consent = gr.Checkbox(False, label=CONSENT_TEXT, elem_id="fewshot-consent")
-    w = load_preset(DEFAULT_PRESET).weights("few_shot")
-    default_epochs, default_views = GPU_DEFAULTS if _uses_gpu(services) else CPU_DEFAULTS
+    d = TrainSettings.from_setup(services.setup(DEFAULT_PRESET), gpu=_uses_gpu(services))
     with gr.Accordion("Advanced", open=False):
         gr.Markdown(DEFAULT_SETTINGS_NOTE)
         with gr.Row():
-            epochs = gr.Slider(1, 200, value=default_epochs, step=1, label="Epochs", elem_id="fewshot-epochs")
-            views = gr.Slider(1, 16, value=default_views, step=1, label="Augmented views per image",
+            epochs = gr.Slider(1, 200, value=d.epochs, step=1, label="Epochs", elem_id="fewshot-epochs")
+            views = gr.Slider(1, 16, value=d.views, step=1, label="Augmented views per image",
                               elem_id="fewshot-views")
-            lr = gr.Number(TrainSettings.lr, label="Learning rate", minimum=0)
-            seed = gr.Number(1, label="Seed", precision=0)
+            lr = gr.Number(d.lr, label="Learning rate", minimum=0)
+            seed = gr.Number(d.seed, label="Seed", precision=0)
         with gr.Row():
-            l1 = gr.Number(w.l1, label="λ_L1 (semantic regularisation)", minimum=0)
-            kl = gr.Number(w.kl, label="λ_KL (distillation)", minimum=0)
-            teacher = gr.Radio(list(TEACHER_MODES), value="mean", label="Teacher (mean: paper v1; ranked: journal)")
-            layout = gr.Radio(list(LAYOUTS), value="reference", label="Visual prompt layout")
+            l1 = gr.Number(d.l1, label="λ_L1 (semantic regularisation)", minimum=0)
+            kl = gr.Number(d.kl, label="λ_KL (distillation)", minimum=0)
+            teacher = gr.Radio(list(TEACHER_MODES), value=d.teacher, label="Teacher (mean: paper v1; ranked: journal)")
+            layout = gr.Radio(list(LAYOUTS), value=d.layout, label="Visual prompt layout")
     with gr.Row():
         train = gr.Button("Train", variant="primary", interactive=False, elem_id="fewshot-train")
         stop_btn = gr.Button("Stop", variant="stop", elem_id="fewshot-stop")

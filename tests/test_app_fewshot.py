@@ -190,7 +190,9 @@ def test_defaults_follow_the_device(services):
     cpu, gpu = TrainSettings.from_setup(setup), TrainSettings.from_setup(setup, gpu=True)
     assert (cpu.epochs, cpu.views, cpu.batch_size, cpu.lr) == (*jobs.CPU_DEFAULTS, 4, 0.0025)
     assert (gpu.epochs, gpu.views) == jobs.GPU_DEFAULTS and (cpu.l1, cpu.kl) == (12.5, 0.25)
-    assert not tab._uses_gpu(services)  # tiny on CPU (without loading anything new)
+    assert not tab._uses_gpu(services)  # tiny on CPU, loaded
+    lazy = Services("tiny", device="cpu")
+    assert not tab._uses_gpu(lazy) and not lazy.loaded  # decided without loading the backbone
 
 
 def test_bad_settings_are_explained():
@@ -569,11 +571,6 @@ def test_push_uses_the_token_and_is_private_by_default(trained, monkeypatch):
 def test_use_in_predict_needs_a_result(state):
     with pytest.raises(gr.Error, match="Train a checkpoint first"):
         tab.use_in_predict(state, None, _handles())
-
-
-def test_predict_choices_fallback_is_per_session():
-    a = {"dir": "/tmp/x", "trained": {}}
-    assert tab.predict_choices([("Zero-shot", "zero-shot")], a) == [("Zero-shot", "zero-shot")]
 
 
 def test_large_uploads_are_reduced_for_training_small_ones_kept(tmp_path):
