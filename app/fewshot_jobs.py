@@ -478,10 +478,16 @@ Reporter = Callable[[Status], None]
 class HeldOutCheck:
     """Adapted vs zero-shot prompt on the same held-out images (never trained on)."""
 
-    n_images: int
-    per_class_counts: list[int]
     adapted: Evaluation
     zero_shot: Evaluation
+
+    @property
+    def n_images(self) -> int:
+        return self.adapted.n
+
+    @property
+    def per_class_counts(self) -> list[int]:
+        return [sum(row) for row in self.adapted.confusion_matrix]  # rows: true class
 
 
 @dataclass
@@ -504,11 +510,8 @@ class FewShotResult:
         return len(self.history)
 
 
-def plan_holdout(labels: torch.Tensor, n_classes: int, seed: int = 0) -> tuple[list[int], list[int]] | None:
+def plan_holdout(labels: torch.Tensor, seed: int = 0) -> tuple[list[int], list[int]] | None:
     """(train idx, held-out idx) when every class has >= HELDOUT_MIN_PER_CLASS images, else None."""
-    counts = torch.bincount(labels, minlength=n_classes)
-    if int(counts.min()) < HELDOUT_MIN_PER_CLASS:
-        return None
     return holdout_split(labels, HELDOUT_FRACTION, HELDOUT_MIN_PER_CLASS, seed)
 
 
@@ -553,6 +556,7 @@ class Prepared:
     labels: torch.Tensor  # [N]
     train_idx: list[int]
     held_idx: list[int]
+    train: LabelledImages  # the training part without its pixels: the views' features are in the fit state
     teacher: Teacher
     state: FitState | None  # the started fit; the run takes it out (it travels on its own)
     started: float  # time.time() when the run started
@@ -572,15 +576,16 @@ def prepare_run(backbone: Backbone, setup: ClassSetup, data: LabelledImages, set
     except InterruptedError:
         raise TrainingStopped("Stopped before training started; nothing was saved.") from None
     timings = {"encode_s": time.perf_counter() - t}
-    split = plan_holdout(data.labels, len(setup.class_names), settings.seed)
+    split = plan_holdout(data.labels, settings.seed)
     train_idx, held_idx = split if split else (list(range(len(data))), [])
     channel.report(Status("views", f"Preparing {settings.views} augmented view(s) of {len(train_idx)} training "
                                    "images...", elapsed_s=time.time() - started))
-    _, teacher, state = prepare_training(backbone, setup, data.subset(train_idx), settings.train_config(),
-                                         settings.teacher, settings.visual(), channel.stop_requested,
-                                         feats[train_idx])
+    train = data.subset(train_idx)
+    _, teacher, state = prepare_training(backbone, setup, train, settings.train_config(), settings.teacher,
+                                         settings.visual(), channel.stop_requested, feats[train_idx])
     timings["views_s"] = state.feature_seconds
-    return Prepared(feats.cpu(), data.labels, train_idx, held_idx, teacher.to("cpu"), state, started, timings)
+    return Prepared(feats.cpu(), data.labels, train_idx, held_idx, train.labels_only(), teacher.to("cpu"), state,
+                    started, timings)
 
 
 def train_slice(backbone: Backbone, setup: ClassSetup, settings: TrainSettings, prepared: Prepared,
@@ -588,8 +593,7 @@ def train_slice(backbone: Backbone, setup: ClassSetup, settings: TrainSettings, 
     """One call's share of the epochs (all of them when ``budget_s`` is None)."""
     settings = settings.checked()
     model = zero_shot_model(backbone, setup, settings.visual())
-    train = LabelledImages([], prepared.labels[prepared.train_idx], list(setup.class_names))  # fast mode: no pixels
-    return fit_epochs(model, train, prepared.teacher.to(backbone.device), settings.train_config(), state,
+    return fit_epochs(model, prepared.train, prepared.teacher.to(backbone.device), settings.train_config(), state,
                       on_step=_StepTracker(channel.report, prepared.started, state.history),
                       should_stop=channel.stop_requested, budget_s=budget_s)
 
@@ -611,8 +615,6 @@ def finish_run(backbone: Backbone, setup: ClassSetup, settings: TrainSettings, p
         held_labels = prepared.labels[prepared.held_idx]
         zero = zero_shot_model(backbone, setup, settings.visual())
         check = HeldOutCheck(
-            n_images=len(prepared.held_idx),
-            per_class_counts=torch.bincount(held_labels, minlength=len(setup.class_names)).tolist(),
             adapted=evaluate_on(model, held_feats, held_labels, teacher, config.loss_weights),
             zero_shot=evaluate_on(zero, held_feats, held_labels, teacher, config.loss_weights),
         )
@@ -673,13 +675,12 @@ def run_fewshot(
     while not state.finished:
         state = phases.train(setup, settings, prepared, state, slice_s, channel)
         calls += 1
-    train_s = time.perf_counter() - t
+    fit_s = time.perf_counter() - t  # the epochs only: the views are cached in the preparation
     result = phases.finish(setup, settings, prepared, state, out_dir, data_description, channel)
-    result.timings.update(train_s=result.timings["views_s"] + train_s, total_s=time.perf_counter() - start,
-                          training_calls=calls)
-    log.info("few-shot training: %d images, %d epochs in %d call(s), %.1f s (encode %.1f, train %.1f)",
+    result.timings.update(fit_s=fit_s, total_s=time.perf_counter() - start, training_calls=calls)
+    log.info("few-shot training: %d images, %d epochs in %d call(s), %.1f s (encode %.1f, epochs %.1f)",
              result.n_images, result.epochs_completed, calls, result.timings["total_s"],
-             result.timings["encode_s"], result.timings["train_s"])
+             result.timings["encode_s"], fit_s)
     return result
 
 
@@ -729,7 +730,6 @@ class TrainingJob(Generic[T]):
                  channel: Channel | None = None):
         self._work, self._lock = work, lock
         self.channel: Channel = channel if channel is not None else MemoryChannel()
-        self._stop = threading.Event()
         self._done = threading.Event()
         self.channel.report(Status("waiting", "Starting..."))
         self.result: T | None = None
@@ -744,12 +744,11 @@ class TrainingJob(Generic[T]):
         return self
 
     def stop(self) -> None:
-        self._stop.set()
         self.channel.request_stop()
 
     @property
     def stop_requested(self) -> bool:
-        return self._stop.is_set()
+        return self.channel.stop_requested()
 
     @property
     def status(self) -> Status:
@@ -781,7 +780,7 @@ class TrainingJob(Generic[T]):
         if self._lock.acquire(blocking=False):
             return True
         self._report(Status("waiting", "Waiting for another training to finish (one at a time)..."))
-        while not self._stop.is_set():
+        while not self.channel.stop_requested():
             if self._lock.acquire(timeout=0.2):
                 return True
         return False

@@ -182,7 +182,7 @@ def summary_markdown(r: FewShotResult) -> str:
     lines = [(f"**Trained** on {r.n_train} images of {len(r.class_names)} classes: {r.epochs_completed} of "
               f"{r.settings.epochs} epochs in {_secs(t.get('total_s', 0))} (encoding {_secs(t.get('encode_s', 0))}, "
               f"augmented views {_secs(t.get('views_s', 0))}, prompt training "
-              f"{_secs(t.get('train_s', 0) - t.get('views_s', 0))}).")]
+              f"{_secs(t.get('fit_s', 0))}).")]
     if r.stopped:
         lines.append("**Stopped early.** The checkpoint holds the best completed epoch (lowest mean loss)"
                      + (" - no epoch had completed, so it equals the zero-shot prompt." if not r.history else "."))

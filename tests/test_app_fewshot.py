@@ -329,11 +329,18 @@ def test_features_are_encoded_once_and_reused(services, tmp_path, monkeypatch):
     monkeypatch.setattr(jobs, "encode_images", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
     from dpt_core import workflow
 
-    monkeypatch.setattr(workflow, "encode_images", lambda *a, **k: pytest.fail("train_prompts re-encoded"))
+    from dpt_core import train as train_mod
+
+    monkeypatch.setattr(workflow, "encode_images", lambda *a, **k: pytest.fail("prepare_training re-encoded"))
+    views = []
+    real_train = train_mod.encode_images
+    monkeypatch.setattr(train_mod, "encode_images", lambda *a, **k: views.append(len(a[1])) or real_train(*a, **k))
     setup = services.setup("btmri")
     data = jobs.load_class_images(BTMRI, _class_files(tmp_path, 4))
-    r = jobs.run_fewshot(services.backbone, setup, data, TrainSettings.from_setup(setup, **FAST), tmp_path / "ck")
+    r = jobs.run_fewshot(services.backbone, setup, data, TrainSettings.from_setup(setup, epochs=3, views=2),
+                         tmp_path / "ck")
     assert calls == [16] and r.n_train == 12 and r.check.n_images == 4
+    assert views == [12]  # one augmented view of the training images; the centre view reuses the features
 
 
 @pytest.mark.slow
