@@ -30,12 +30,11 @@ import os
 import pickle
 import weakref
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Generic, TypeVar
 
 import torch
 
-from . import gpu
+from . import ZERO_GPU, gpu
 from . import fewshot_jobs as fj
 
 log = logging.getLogger(__name__)
@@ -48,12 +47,12 @@ T = TypeVar("T")
 PREDICT_S = 30  # one image + (first time per class setup) its prompts
 EXPLAIN_S = 30  # Grad-CAM: one forward and backward
 TEXT_S = 60  # description retrieval: embeds the shipped banks once per worker
-PREPARE_BASE_S, PREPARE_PER_PASS_S, PREPARE_MAX_S = 30, 0.025, 120  # see prepare_duration
+PREPARE_BASE_S, PREPARE_PER_PASS_S = 30, 0.025  # see prepare_duration
 TRAIN_SLICE_S = 30  # seconds of epochs per training call...
 TRAIN_CALL_S = 60  # ...in a slot with room for one more epoch and the model set-up
 FINISH_S = 30  # held-out check and checkpoint
 
-_REGISTRY: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()  # a dropped Services goes
+_REGISTRY: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()  # a dropped Services leaves it
 _KEYS = itertools.count(1)
 
 
@@ -133,12 +132,12 @@ def _describe(ref: ServicesRef, preset, request, backend, model) -> Result:
 
 
 def prepare_duration(ref: ServicesRef, setup, data, settings, channel) -> float:
-    """The preparation's slot: image passes (each image once, plus its augmented views) x a CPU-side
-    cost per pass (decoding is done; crop, resize and normalise on one thread), plus the worker's
-    start-up. 4 classes x 8 images with the GPU defaults: 30 + 0.025 x 32 x 4 = 33 s; the most the
-    tab allows (8 x 32 images, 16 views): 30 + 0.025 x 256 x 16 = 132 s, capped at 120."""
-    passes = len(data) * (1 + max(0, int(settings.views) - 1))
-    return min(PREPARE_MAX_S, PREPARE_BASE_S + PREPARE_PER_PASS_S * passes)
+    """The preparation's slot: image passes (every image once; the training images once more per
+    augmented view, the centre view being the first pass) x a CPU-side cost per pass (decoding is
+    done; crop, resize and normalise on one thread), plus the worker's start-up. 4 classes x 8
+    images with the GPU defaults (4 views): 30 + 0.025 x 32 x 4 = 33 s; the most the tab allows
+    (8 x 32 images, 16 views): 30 + 0.025 x 256 x 16 = 132 s."""
+    return PREPARE_BASE_S + PREPARE_PER_PASS_S * len(data) * int(settings.views)
 
 
 def _prepare(ref: ServicesRef, setup, data, settings, channel) -> Result:
@@ -171,8 +170,7 @@ class DeviceCalls:
         return fj.Phases(
             prepare=lambda *a: self.prepare(ref, *a).unwrap(),
             train=lambda *a: self.train(ref, *a).unwrap(),
-            finish=lambda setup, settings, prepared, state, out_dir, description, channel: self.finish(
-                ref, setup, settings, prepared, state, str(Path(out_dir)), description, channel).unwrap(),
+            finish=lambda *a: self.finish(ref, *a).unwrap(),
         )
 
 
@@ -188,5 +186,6 @@ def make_calls(decorator: Callable[..., Any], slice_s: float | None = TRAIN_SLIC
     )
 
 
-# Decorated at import, as ZeroGPU wants: it looks for its functions when the Space starts.
-CALLS = make_calls(gpu)
+# Decorated at import, as ZeroGPU wants: it looks for its functions when the Space starts. Training is
+# cut into slots only there; elsewhere a run trains in one call (same result, no per-slice set-up).
+CALLS = make_calls(gpu, TRAIN_SLICE_S if ZERO_GPU else None)

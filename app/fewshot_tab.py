@@ -57,7 +57,6 @@ from .fewshot_jobs import (
     new_checkpoint_dir,
     parse_class_names,
     push_checkpoint,
-    run_fewshot,
     set_data_description,
     split_class_text,
     summarize_card,
@@ -317,8 +316,7 @@ def train_stream(services: Services, state: dict | None, pending: PendingRun | N
     channel = FileChannel(session_dir(state) / "jobs" / uuid.uuid4().hex)
 
     def work(ch) -> FewShotResult:
-        return run_fewshot(services.calls.fewshot_phases(services.ref), run.setup, run.data, run.settings, folder,
-                           run.description, ch, services.calls.slice_s)
+        return services.run_fewshot(run.setup, run.data, run.settings, folder, run.description, ch)
 
     job: TrainingJob[FewShotResult] = TrainingJob(work, lock=services.train_lock, channel=channel)
     try:

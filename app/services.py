@@ -15,12 +15,14 @@ import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Hashable, Mapping, Sequence, TypeVar
 
 from PIL import Image
 
 from dpt_core.backbone import DEFAULT_BACKBONE, Backbone, BackboneError, load_backbone
 from dpt_core.checkpoint import PromptCheckpoint, check_backbone, load_checkpoint
+from dpt_core.data import LabelledImages
 from dpt_core.describe import (
     DEFAULT_HF_MODEL,
     GenerationError,
@@ -38,6 +40,8 @@ from dpt_core.registry import entries_for
 from dpt_core.workflow import ClassSetup, setup_classes
 
 from .device import CALLS, DeviceCalls, register
+from .fewshot_jobs import FewShotResult, TrainSettings, run_fewshot
+from .job_channel import FileChannel
 
 log = logging.getLogger(__name__)
 
@@ -324,6 +328,16 @@ class Services:
         if backend == "local" and not model:
             raise GenerationError("Name a local model: a folder with transformers weights or a Hub model id.")
         return self.calls.describe(self.ref, p.name if p else None, request, backend, model).unwrap()
+
+    # ------------------------------------------------------------------ few-shot training
+    def run_fewshot(self, setup: ClassSetup, data: LabelledImages, settings: TrainSettings, out_dir: str | Path,
+                    description: str, channel: FileChannel) -> FewShotResult:
+        """A few-shot run through ``self.calls`` (GPU calls, in slots, on ZeroGPU).
+
+        The channel is a ``FileChannel``: progress and Stop must reach a worker process.
+        """
+        return run_fewshot(self.calls.fewshot_phases(self.ref), setup, data, settings, out_dir, description,
+                           channel, self.calls.slice_s)
 
     def describe_here(self, preset: str | None, request: GenerationRequest, backend: str,
                       model: str) -> GenerationResult:

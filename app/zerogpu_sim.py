@@ -88,6 +88,8 @@ def simulated_gpu(fn: Callable | None = None, *, duration: float | Callable[...,
             proc.join(timeout=5)
             CALLS.add(fn.__name__, time.monotonic() - start)
         if not ok:
+            if isinstance(value, SimulatedSlotError):  # the simulator's own finding (e.g. an unpicklable result)
+                raise value
             # As on ZeroGPU, an exception escaping the call reaches the server only as its class name:
             # errors meant for the user must come back as values (see app.device).
             raise SimulatedSlotError(f"ZeroGPU worker error: {fn.__name__} raised {type(value).__name__}")

@@ -33,7 +33,7 @@ import numpy as np
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from app.fewshot_jobs import TrainingJob, TrainingStopped, TrainSettings, load_class_images, run_fewshot
+from app.fewshot_jobs import TrainingJob, TrainingStopped, TrainSettings, load_class_images
 from app.job_channel import FileChannel
 from app.main import build_demo, launch_options
 from app.services import Services
@@ -122,8 +122,7 @@ def start_training(services: Services, files: list[list[str]], epochs: int, out_
     settings = TrainSettings.from_setup(setup, gpu=services.backbone.device.type == "cuda", epochs=epochs)
 
     def work(channel):
-        return run_fewshot(services.calls.fewshot_phases(services.ref), setup, data, settings, out_dir,
-                           "synthetic load-test images", channel, services.calls.slice_s)
+        return services.run_fewshot(setup, data, settings, out_dir, "synthetic load-test images", channel)
 
     # As the tab does: a file channel, which reaches the training also when it runs in GPU calls.
     return TrainingJob(work, lock=services.train_lock, channel=FileChannel(out_dir.with_name(out_dir.name + "-channel"))).start()

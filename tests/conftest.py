@@ -24,6 +24,9 @@ def pytest_collection_modifyitems(config, items):
 
 
 # ---------------------------------------------------------------------------- shared fixtures
+from pathlib import Path  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -40,6 +43,32 @@ def synthetic_image(label: int, rng: np.random.Generator, size: int = 224) -> Im
     else:
         a[..., 1] = rng.integers(100, 255, (size, size))
     return Image.fromarray(a)
+
+
+BTMRI = ["glioma tumor", "meningioma tumor", "pituitary tumor", "normal brain"]
+# What the Few-shot tab's train_stream handler yields into, as plain keys (handlers run without a UI).
+FEWSHOT_UI = SimpleNamespace(**{k: k for k in ("pending", "status", "plot", "result", "summary", "per_class",
+                                                "confusion", "download", "last")})
+
+
+def class_image(label: int, seed: int, size: int = 64) -> Image.Image:
+    """A four-class synthetic image: the three textures, and the first one inverted for class 3."""
+    im = synthetic_image(label % 3, np.random.default_rng(seed), size)
+    return Image.fromarray(255 - np.asarray(im)) if label >= 3 else im
+
+
+def class_files(root: Path, n_per_class: int, n_classes: int = 4) -> list[list[str]]:
+    """PNG files per class under ``root`` (what the Few-shot tab's cards receive)."""
+    files = []
+    for c in range(n_classes):
+        paths = []
+        for i in range(n_per_class):
+            path = root / f"c{c}" / f"img{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            class_image(c, 100 * c + i).save(path)
+            paths.append(str(path))
+        files.append(paths)
+    return files
 
 
 def synthetic_set(n_per_class: int, seed: int):

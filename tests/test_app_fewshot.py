@@ -16,7 +16,8 @@ import gradio as gr
 import numpy as np
 import pytest
 import torch
-from conftest import synthetic_image
+from conftest import BTMRI, class_files, class_image, synthetic_image
+from conftest import FEWSHOT_UI as UI
 from PIL import Image
 
 from app import fewshot_jobs as jobs
@@ -30,28 +31,10 @@ from dpt_core.features import encode_images
 from dpt_core.predictor import Predictor
 from dpt_core.workflow import setup_classes, setup_from_checkpoint, zero_shot_model
 
-BTMRI = ["glioma tumor", "meningioma tumor", "pituitary tumor", "normal brain"]
-UI = SimpleNamespace(**{k: k for k in ("pending", "status", "plot", "result", "summary", "per_class", "confusion",
-                                        "download", "last")})
 FAST = {"epochs": 3, "views": 1}  # enough to exercise every step on tiny in a few seconds
 
 
 # ---------------------------------------------------------------------------- helpers
-
-def _png(path: Path, label: int, seed: int, size: int = 64) -> Path:
-    rng = np.random.default_rng(seed)
-    im = synthetic_image(label % 3, rng, size)
-    if label >= 3:  # a fourth class: the same texture, inverted
-        im = Image.fromarray(255 - np.asarray(im))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    im.save(path)
-    return path
-
-
-def _class_files(root: Path, n_per_class: int, n_classes: int = 4) -> list[list[str]]:
-    return [[str(_png(root / f"c{c}" / f"img{i}.png", c, 100 * c + i)) for i in range(n_per_class)]
-            for c in range(n_classes)]
-
 
 def _png_bytes(label: int, seed: int) -> bytes:
     import io
@@ -142,26 +125,26 @@ def test_preset_fills_classes_and_loss_weights():
 
 
 def test_missing_class_images(tmp_path):
-    files = _class_files(tmp_path, 2, 3) + [[]]
+    files = class_files(tmp_path, 2, 3) + [[]]
     with pytest.raises(FewShotError, match="at least one image.*normal brain"):
         jobs.load_class_images(BTMRI, files)
 
 
 def test_too_many_images_per_class(tmp_path):
-    files = _class_files(tmp_path, 1, 4)
+    files = class_files(tmp_path, 1, 4)
     files[1] = files[1] * 33
     with pytest.raises(FewShotError, match="At most 32 images per class.*meningioma tumor \\(33\\)"):
         jobs.load_class_images(BTMRI, files)
 
 
 def test_total_upload_size(tmp_path):
-    files = _class_files(tmp_path, 2, 4)
+    files = class_files(tmp_path, 2, 4)
     with pytest.raises(FewShotError, match="add up to .*the limit is"):
         jobs.load_class_images(BTMRI, files, Limits(max_total_bytes=1000))
 
 
 def test_non_image_renamed_png_is_refused(tmp_path):
-    files = _class_files(tmp_path, 2, 4)
+    files = class_files(tmp_path, 2, 4)
     fake = tmp_path / "report.png"
     fake.write_text("patient notes, not pixels")
     files[2].append(str(fake))
@@ -182,7 +165,7 @@ def test_consent_unchecked(services, state, tmp_path):
     with pytest.raises(FewShotError, match="de-identified"):
         jobs.check_consent(False)
     with pytest.raises(gr.Error, match="de-identified"):
-        _prepare(services, state, _class_files(tmp_path, 1), consent=False)
+        _prepare(services, state, class_files(tmp_path, 1), consent=False)
 
 
 def test_defaults_follow_the_device(services):
@@ -295,7 +278,7 @@ def test_zip_handler_fills_the_cards(state, tmp_path):
 
 @pytest.mark.slow
 def test_train_use_predict_round_trip(services, state, tmp_path):
-    files = _class_files(tmp_path, 8)
+    files = class_files(tmp_path, 8)
     state, pending, status = _prepare(services, state, files, description="synthetic textures, test only")
     assert status == "Starting..." and len(pending.data) == 32
     merged, seen = _run(services, state, pending)
@@ -336,7 +319,7 @@ def test_features_are_encoded_once_and_reused(services, tmp_path, monkeypatch):
     real_train = train_mod.encode_images
     monkeypatch.setattr(train_mod, "encode_images", lambda *a, **k: views.append(len(a[1])) or real_train(*a, **k))
     setup = services.setup("btmri")
-    data = jobs.load_class_images(BTMRI, _class_files(tmp_path, 4))
+    data = jobs.load_class_images(BTMRI, class_files(tmp_path, 4))
     r = jobs.run_fewshot(services.backbone, setup, data, TrainSettings.from_setup(setup, epochs=3, views=2),
                          tmp_path / "ck")
     assert calls == [16] and r.n_train == 12 and r.check.n_images == 4
@@ -346,7 +329,7 @@ def test_features_are_encoded_once_and_reused(services, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_too_few_images_for_a_held_out_check(services, tmp_path):
     setup = services.setup("btmri")
-    data = jobs.load_class_images(BTMRI, _class_files(tmp_path, 3))
+    data = jobs.load_class_images(BTMRI, class_files(tmp_path, 3))
     r = jobs.run_fewshot(services.backbone, setup, data, TrainSettings.from_setup(setup, **FAST), tmp_path / "ck")
     assert r.check is None and r.n_train == 12
     text = tab.summary_markdown(r)
@@ -359,7 +342,7 @@ def test_too_few_images_for_a_held_out_check(services, tmp_path):
 @pytest.mark.slow
 def test_stop_mid_training_keeps_a_usable_checkpoint(services, tmp_path):
     setup = services.setup("btmri")
-    data = jobs.load_class_images(BTMRI, _class_files(tmp_path, 4))
+    data = jobs.load_class_images(BTMRI, class_files(tmp_path, 4))
 
     class StopAfterTwoEpochs(MemoryChannel):
         def report(self, status: jobs.Status) -> None:
@@ -380,7 +363,7 @@ def test_stop_mid_training_keeps_a_usable_checkpoint(services, tmp_path):
 
 @pytest.mark.slow
 def test_stop_button_ends_the_session_job(services, state, tmp_path):
-    state, pending, _ = _prepare(services, state, _class_files(tmp_path, 4), epochs=200, key="stopper")
+    state, pending, _ = _prepare(services, state, class_files(tmp_path, 4), epochs=200, key="stopper")
     answers = []
 
     def on_yield(out):
@@ -399,7 +382,7 @@ def test_stop_button_ends_the_session_job(services, state, tmp_path):
 
 def test_stop_before_training_saves_nothing(services, tmp_path):
     setup = services.setup("btmri")
-    data = jobs.load_class_images(BTMRI, _class_files(tmp_path, 1))
+    data = jobs.load_class_images(BTMRI, class_files(tmp_path, 1))
     stopped = MemoryChannel()
     stopped.request_stop()
     with pytest.raises(jobs.TrainingStopped):
@@ -429,13 +412,13 @@ def test_one_training_at_a_time_reports_waiting():
 
 def test_prepare_says_when_it_will_wait(services, state, tmp_path):
     with services.train_lock:
-        _, _, status = _prepare(services, state, _class_files(tmp_path, 1), key="waiter")
+        _, _, status = _prepare(services, state, class_files(tmp_path, 1), key="waiter")
     assert "waiting for another training to finish" in status
     jobs.JOBS.dequeue("waiter")
 
 
 def test_stop_while_queued_cancels_before_start(services, state, tmp_path):
-    state, pending, _ = _prepare(services, state, _class_files(tmp_path, 1), key="queued")
+    state, pending, _ = _prepare(services, state, class_files(tmp_path, 1), key="queued")
     assert tab.stop("queued").startswith("**Cancelled**")
     merged, seen = _run(services, state, pending, key="queued")
     assert len(seen) == 1 and "before it started" in merged["status"] and merged["pending"] is None
@@ -464,8 +447,8 @@ def test_two_sessions_train_and_predict_apart(services, tmp_path):
             statuses[key] = [str(o.get("status", "")) for o in seen]
             results[key] = (st, merged["last"])
 
-        threads = [threading.Thread(target=run, args=("a", a, _class_files(tmp_path / "a", 4))),
-                   threading.Thread(target=run, args=("b", b, _class_files(tmp_path / "b", 4)))]
+        threads = [threading.Thread(target=run, args=("a", a, class_files(tmp_path / "a", 4))),
+                   threading.Thread(target=run, args=("b", b, class_files(tmp_path / "b", 4)))]
         for t in threads:
             t.start()
         for t in threads:
@@ -499,7 +482,7 @@ def trained(services, tmp_path_factory):
     """One small checkpoint (ranked teacher: the most tensors a checkpoint can hold) and its data."""
     tmp = tmp_path_factory.mktemp("trained")
     setup = services.setup("btmri")
-    data = jobs.load_class_images(BTMRI, _class_files(tmp, 4))
+    data = jobs.load_class_images(BTMRI, class_files(tmp, 4))
     r = jobs.run_fewshot(services.backbone, setup, data, TrainSettings.from_setup(setup, teacher="ranked", **FAST),
                          jobs.new_checkpoint_dir(tmp, "btmri"), data_description="16 synthetic PNGs")
     return r, data
@@ -583,7 +566,8 @@ def test_use_in_predict_needs_a_result(state):
 def test_large_uploads_are_reduced_for_training_small_ones_kept(tmp_path):
     big = tmp_path / "big.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (1600, 2000), dtype=np.uint8)).save(big)
-    small = _png(tmp_path / "small.png", 0, 1)
+    small = tmp_path / "small.png"
+    class_image(0, 1).save(small)
     data = jobs.load_class_images(["a", "b"], [[str(big)], [str(small)]])
     assert data.images[0].size == (1000, 800)  # short side 800, aspect kept
     assert data.images[1].size == Image.open(small).size
