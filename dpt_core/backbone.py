@@ -18,6 +18,8 @@ import json
 import logging
 import os
 import threading
+from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +43,37 @@ class BackboneError(RuntimeError):
     """A backbone could not be loaded; the message says why and what to do."""
 
 
+class TextCache:
+    """Text features by sentence, bounded: beyond ``max_items`` the least recently used goes.
+
+    A preset's sentences are read on every request, so they stay; one-off sentences
+    (edited descriptions, typed phrases) are what a long-running server drops.
+    """
+
+    def __init__(self, max_items: int = 50_000):  # ~2 KB a sentence at 512-d: every bank fits many times
+        self.max_items = max_items
+        self._items: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, text: object) -> bool:
+        return text in self._items
+
+    def get(self, text: str) -> torch.Tensor | None:
+        feature = self._items.get(text)
+        if feature is not None:
+            self._items.move_to_end(text)
+        return feature
+
+    def put(self, texts: Sequence[str], features: torch.Tensor) -> None:
+        for text, feature in zip(texts, features, strict=True):
+            self._items[text] = feature
+            self._items.move_to_end(text)
+        while len(self._items) > self.max_items:
+            self._items.popitem(last=False)
+
+
 @dataclass
 class Backbone:
     """A frozen open_clip CLIP model with a BERT text tower, plus its tokenizer and preprocessing."""
@@ -57,7 +90,7 @@ class Backbone:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
     # Normalised text features by sentence (CPU), shared by every user of this backbone:
     # editing one description re-encodes only that sentence.
-    text_cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
+    text_cache: TextCache = field(default_factory=TextCache, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.clip.requires_grad_(False)

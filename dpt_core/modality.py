@@ -52,7 +52,6 @@ class ModalityCheck:
     expected: str | None  # the preset's modality; None for custom classes
     best: str  # the best-matching candidate
     scores: dict[str, float] = field(default_factory=dict)  # candidate -> probability (sums to 1)
-    margin: float = 0.0  # p(best) - p(expected); 0 when there is no expected modality
     mismatch: bool = False  # warn the user
     meaningful: bool = True  # False with random backbone weights
     message: str = ""  # one sentence for the UI ("" when there is nothing to say)
@@ -82,20 +81,13 @@ def modality_prompts() -> dict[str, tuple[str, ...]]:
     return prompts
 
 
-# id(backbone) -> (backbone, names, features): computed once per backbone, not per request.
-_FEATURES: dict[int, tuple[Backbone, list[str], torch.Tensor]] = {}
-
-
 def modality_features(backbone: Backbone) -> tuple[list[str], torch.Tensor]:
-    """(candidate names, [M, E] normalised mean prompt features), cached per backbone."""
-    hit = _FEATURES.get(id(backbone))
-    if hit is not None and hit[0] is backbone:
-        return hit[1], hit[2]
+    """(candidate names, [M, E] normalised mean prompt features); the sentences come from the
+    backbone's text cache, so after the first call this is a few means (microseconds)."""
     prompts = modality_prompts()
     names = list(prompts)
     feats = torch.stack([F.normalize(encode_cached(backbone, list(prompts[n])).float().mean(dim=0), dim=-1)
                          for n in names])
-    _FEATURES[id(backbone)] = (backbone, names, feats)
     return names, feats
 
 
@@ -122,15 +114,15 @@ def check_modality(
     gap = scores[best] - scores[expected_key] if expected_key else 0.0
     if not meaningful:
         msg = "The modality check is not meaningful with a random-weight backbone."
-        return ModalityCheck(expected, best, scores, gap, False, False, msg)
+        return ModalityCheck(expected, best, scores, False, False, msg)
     mismatch = expected_key is not None and best != expected_key and gap >= margin
     msg = ""
     if mismatch:
-        looks = "not a medical image" if best == OTHER else f"a {best} image"
+        looks = "not a medical image" if best == OTHER else f"{_article(best)} {best} image"
         msg = (f"This image looks more like {looks} ({scores[best]:.0%}) than {expected_key} "
                f"({scores[expected_key]:.0%}), the modality of the chosen preset: check the preset.")
     log.debug("modality check: best %s (%.3f), expected %s, gap %.3f", best, scores[best], expected_key, gap)
-    return ModalityCheck(expected, best, scores, gap, mismatch, True, msg)
+    return ModalityCheck(expected, best, scores, mismatch, True, msg)
 
 
 def header_modality(code: str | None) -> str | None:

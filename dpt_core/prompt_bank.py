@@ -18,9 +18,6 @@ from .text import TextEncoder, fill_template
 
 SOURCES = ("templates", "descriptions")
 _ENCODE_LOCK = threading.Lock()
-# Sentences kept per backbone (~2 KB each at 512-d): every preset's bank fits many times over,
-# while a long-running server that sees endless typed phrases stays bounded (oldest go first).
-MAX_CACHED_SENTENCES = 50_000
 
 
 @dataclass(frozen=True)
@@ -55,20 +52,18 @@ class PromptBank:
 
 
 def encode_cached(backbone: Backbone, texts: Sequence[str]) -> torch.Tensor:
-    """Normalised features of ``texts`` [N, E]; only sentences never seen before are encoded."""
+    """Normalised features of ``texts`` [N, E]; only sentences not in the backbone's cache are encoded."""
     with _ENCODE_LOCK:
-        missing = list(dict.fromkeys(t for t in texts if t not in backbone.text_cache))
         cache = backbone.text_cache
+        found = {t: f for t in dict.fromkeys(texts) if (f := cache.get(t)) is not None}
+        missing = [t for t in dict.fromkeys(texts) if t not in found]
         if missing:
             feats = TextEncoder(backbone).encode_texts(missing).float().cpu()
-            cache.update(zip(missing, feats))
+            cache.put(missing, feats)
+            found.update(zip(missing, feats))
         if not texts:
             return torch.zeros(0, backbone.embed_dim, device=backbone.device)
-        out = torch.stack([cache[t] for t in texts]).to(backbone.device)
-        if len(cache) > MAX_CACHED_SENTENCES:  # rare: only then pay for walking the keys
-            for stale in list(cache)[: len(cache) - MAX_CACHED_SENTENCES]:  # insertion order = age
-                del cache[stale]
-        return out
+        return torch.stack([found[t] for t in texts]).to(backbone.device)
 
 
 def build_prompt_bank(

@@ -436,7 +436,9 @@ def test_modality_warning_logic(services):
     names, feats = modality.modality_features(backbone)
     ct = feats[names.index("CT")]
     mismatch = modality.check_modality(backbone, ct, "MRI", meaningful=True)
-    assert mismatch.mismatch and mismatch.best == "CT" and "CT image" in mismatch.message
+    assert mismatch.mismatch and mismatch.best == "CT" and "like a CT image" in mismatch.message
+    mri = modality.check_modality(backbone, feats[names.index("MRI")], "CT", margin=0.0, meaningful=True)
+    assert mri.best == "MRI" and "like an MRI image" in mri.message
     same = modality.check_modality(backbone, ct, "CT", meaningful=True)
     assert not same.mismatch and same.message == ""
     assert abs(sum(same.scores.values()) - 1) < 1e-5

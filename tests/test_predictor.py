@@ -100,22 +100,26 @@ def test_ranked_checkpoint_weights_are_used(tiny, tmp_path):
         assert raw2[i].item() == pytest.approx(stored[(s.class_names[1], p2.bank.prompts[i].text)], abs=1e-5)
 
 
-def test_text_cache_is_bounded_and_drops_the_oldest(tiny, monkeypatch):
+def test_text_cache_is_bounded_and_drops_the_least_recently_used(tiny, monkeypatch):
     import dpt_core.prompt_bank as pb
+    from dpt_core.backbone import TextCache
 
-    monkeypatch.setattr(pb, "MAX_CACHED_SENTENCES", len(tiny.text_cache) + 2)
+    monkeypatch.setattr(tiny, "text_cache", TextCache(max_items=2))
     first = pb.encode_cached(tiny, ["cache test one.", "cache test two."])
+    pb.encode_cached(tiny, ["cache test one."])  # a hit: "one" is now the most recently used
     pb.encode_cached(tiny, ["cache test three."])
-    assert len(tiny.text_cache) == pb.MAX_CACHED_SENTENCES
-    assert "cache test three." in tiny.text_cache and "cache test two." in tiny.text_cache
-    again = pb.encode_cached(tiny, ["cache test one.", "cache test two."])  # re-encoded if evicted
+    assert len(tiny.text_cache) == 2
+    assert "cache test two." not in tiny.text_cache  # the least recently used went
+    assert "cache test one." in tiny.text_cache and "cache test three." in tiny.text_cache
+    again = pb.encode_cached(tiny, ["cache test one.", "cache test two."])  # "two" re-encoded
     assert torch.allclose(again, first, atol=1e-6)
 
 
-def test_modality_features_are_computed_once_per_backbone(tiny, monkeypatch):
+def test_modality_prompts_are_encoded_once_per_backbone(tiny, monkeypatch):
     import dpt_core.modality as modality
+    from dpt_core.text import TextEncoder
 
     names, feats = modality.modality_features(tiny)
-    monkeypatch.setattr(modality, "encode_cached", lambda *a, **k: (_ for _ in ()).throw(AssertionError("re-encoded")))
+    monkeypatch.setattr(TextEncoder, "encode_texts", lambda *a, **k: pytest.fail("modality prompts re-encoded"))
     names2, feats2 = modality.modality_features(tiny)
-    assert names2 == names and feats2 is feats
+    assert names2 == names and torch.equal(feats2, feats)
