@@ -159,7 +159,7 @@ def cmd_train(args) -> int:
                   f"{info.elapsed_s:.1f}s", file=sys.stderr)
 
     visual = VisualPromptConfig(layout=args.visual_layout)
-    outcome = train_prompts(backbone, setup, data, config, on_step, teacher_mode=args.teacher, visual=visual)
+    outcome = train_prompts(backbone, setup, data, config, on_step=on_step, teacher_mode=args.teacher, visual=visual)
     metrics = {}
     if _split_file(args):
         _, test = _load_data(args, class_names, "test")

@@ -33,7 +33,7 @@ from typing import Callable
 
 import torch
 
-from .data import LabelledImages, eval_transform, train_transform
+from .data import LabelledImages, train_transform
 from .features import encode_images
 from .losses import LossWeights, dpt_loss
 from .model import BiomedDPT
@@ -108,12 +108,10 @@ class FitState:
     carried over.
     """
 
-    epochs: int  # the config's total
+    epochs: int  # the config's total (checked against the config on every call)
     ctx: torch.Tensor  # the context now
     best_ctx: torch.Tensor  # the context after the best completed epoch (the initial one before any)
-    best_loss: float = math.inf
-    epoch: int = 0  # next epoch to run (0-based)
-    history: list[dict] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)  # one entry per completed epoch
     optimizer: dict | None = None  # SGD state_dict (momentum buffers), None before the first step
     rng: torch.Tensor | None = None  # torch's CPU generator (dropout and augmentation on the CPU)
     cuda_rng: torch.Tensor | None = None  # the CUDA generator (dropout on the GPU)
@@ -122,6 +120,15 @@ class FitState:
     stopped: bool = False
     seconds: float = 0.0
     feature_seconds: float = 0.0
+
+    @property
+    def epoch(self) -> int:
+        """The next epoch to run (0-based)."""
+        return len(self.history)
+
+    @property
+    def best_loss(self) -> float:
+        return min((h["total"] for h in self.history), default=math.inf)
 
     @property
     def finished(self) -> bool:
@@ -171,7 +178,7 @@ def start_fit(
         gen = torch.Generator().manual_seed(config.seed)
         if config.mode == "fast":
             try:
-                state.views = _cache_views(model, data, config, should_stop or (lambda: False), eval_features).cpu()
+                state.views = _cache_views(model, data, config, should_stop, eval_features).cpu()
             except InterruptedError:
                 state.stopped = True
             state.feature_seconds = time.perf_counter() - start
@@ -197,6 +204,8 @@ def fit_epochs(
     mean epoch time of this call would exceed it; so a call overruns its budget only
     when a single epoch is longer than it. ``state`` is updated in place.
     """
+    if state.epochs != config.epochs:
+        raise ValueError(f"this fit state is for {state.epochs} epochs, the config says {config.epochs}")
     if state.finished:
         return state
     start = time.perf_counter()
@@ -256,10 +265,9 @@ def fit_epochs(
             if state.stopped:
                 break
             mean = {k: v / steps for k, v in sums.items()}
+            if mean["total"] < state.best_loss:  # strictly: the first of equal epochs is kept
+                state.best_ctx = model.prompt_learner.ctx.detach().cpu().clone()
             state.history.append({"epoch": epoch + 1, "lr": lr, **mean})
-            if mean["total"] < state.best_loss:
-                state.best_loss, state.best_ctx = mean["total"], model.prompt_learner.ctx.detach().cpu().clone()
-            state.epoch = epoch + 1
             epoch_seconds.append(time.perf_counter() - t_epoch)
         _save_rng(state, gen, device)
     state.ctx = model.prompt_learner.ctx.detach().cpu().clone()
@@ -306,14 +314,14 @@ def _cpu_state(value):
     return value
 
 
-def _cache_views(model: BiomedDPT, data: LabelledImages, config: TrainConfig, stop: Callable[[], bool],
+def _cache_views(model: BiomedDPT, data: LabelledImages, config: TrainConfig, stop: Callable[[], bool] | None,
                  eval_features: torch.Tensor | None) -> torch.Tensor:
     """[V, N, E] normalised features: RandomResizedCrop views of every image (+ the centre crop first)."""
     aug = train_transform(model.backbone)
     views = []
     if config.center_view:
         views.append(eval_features.to(model.device) if eval_features is not None
-                     else encode_images(model, data.images, eval_transform(model.backbone), should_stop=stop))
+                     else encode_images(model, data.images, should_stop=stop))
     while len(views) < config.views:
         views.append(encode_images(model, data.images, aug, should_stop=stop))
     return torch.stack(views)

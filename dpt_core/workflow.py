@@ -87,12 +87,12 @@ def prepare_training(
 ) -> tuple[BiomedDPT, Teacher, FitState]:
     """The model at its template initialisation, the teacher, and a started fit (no step yet).
 
-    Centre-crop features of the training images are needed only by the ranked
-    teacher and by the fast mode's centre view; pass them if you have them.
+    Centre-crop features of the training images are needed by the ranked teacher
+    (encoded here when missing) and by the fast mode's centre view (``start_fit``
+    encodes them when missing); pass them if you have them.
     """
     model = zero_shot_model(backbone, setup, visual)
-    needed = teacher_mode == "ranked" or (config.mode == "fast" and config.center_view)
-    if train_features is None and needed:
+    if train_features is None and teacher_mode == "ranked":
         train_features = encode_images(model, data.images, should_stop=should_stop)
     bank = build_prompt_bank(backbone, setup.class_names, setup.templates, setup.descriptions)
     teacher = build_teacher(bank, teacher_mode, train_features, data.labels, float(backbone.logit_scale()))
@@ -105,15 +105,17 @@ def train_prompts(
     setup: ClassSetup,
     data: LabelledImages,
     config: TrainConfig,
+    *,
     on_step: Callable[[StepInfo], None] | None = None,
-    **options: Any,
+    should_stop: Callable[[], bool] | None = None,
+    **prepare_options: Any,
 ) -> TrainOutcome:
-    """``prepare_training(backbone, setup, data, config, **options)``, then the whole fit in this call.
+    """``prepare_training``, then the whole fit in this call.
 
-    ``options``: ``teacher_mode``, ``visual``, ``should_stop``, ``train_features``.
+    ``prepare_options``: ``teacher_mode``, ``visual``, ``train_features``.
     """
-    model, teacher, state = prepare_training(backbone, setup, data, config, **options)
-    should_stop = options.get("should_stop")
+    model, teacher, state = prepare_training(backbone, setup, data, config, should_stop=should_stop,
+                                             **prepare_options)
     fit_epochs(model, data, teacher, config, state, on_step=on_step, should_stop=should_stop)
     return TrainOutcome(model, teacher, finish_fit(model, state), len(data))
 
