@@ -124,8 +124,7 @@ MANIFEST = DESCRIPTIONS_DIR / "MANIFEST.json"
 
 def write_manifest() -> dict[str, str]:
     """Recompute ``MANIFEST.json`` (sha256 per bank file) after editing a bank on purpose."""
-    hashes = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-              for p in sorted(DESCRIPTIONS_DIR.glob("*.json")) if p.name != MANIFEST.name}
+    hashes = {p.name: bank_hash(p.stem) for p in sorted(DESCRIPTIONS_DIR.glob("*.json")) if p.name != MANIFEST.name}
     doc = {"_comment": "sha256 of each description bank file; checkpoints record the hash of the bank "
                        "that taught them. Update with: python -m dpt_core.descriptions",
            "sha256": hashes}

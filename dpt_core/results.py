@@ -12,6 +12,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 from statistics import mean
+from typing import Callable, Hashable
 
 from .evaluate import harmonic_mean
 
@@ -27,29 +28,28 @@ def collect(runs_dir: str | Path) -> list[dict]:
             continue
         tr = cfg.get("training", {})
         rows.append({"preset": cfg.get("preset"), "protocol": tr.get("protocol", "few_shot"),
-                     "shots": tr.get("shots"), "seed": tr.get("seed"), "metrics": cfg["metrics"],
-                     "path": str(cfg_path.parent)})
+                     "shots": tr.get("shots"), "metrics": cfg["metrics"]})
     return rows
 
 
-def _seed_mean(rows: list[dict], key: str) -> dict:
-    """{group: {preset: mean over seeds of metric `key`}}."""
+def _seed_mean(rows: list[dict], key: str, group: Callable[[dict], Hashable]) -> dict:
+    """{group(row): {preset: mean over seeds (the rows of one group and preset) of metric `key`}}."""
     acc: dict = defaultdict(lambda: defaultdict(list))
     for r in rows:
         if key in r["metrics"]:
-            acc[r["group"]][r["preset"]].append(100.0 * float(r["metrics"][key]))
+            acc[group(r)][r["preset"]].append(100.0 * float(r["metrics"][key]))
     return {g: {p: mean(v) for p, v in per.items()} for g, per in acc.items()}
 
 
 def aggregate(runs_dir: str | Path) -> dict:
     rows = collect(runs_dir)
-    few = [dict(r, group=r["shots"]) for r in rows if r["protocol"] == "few_shot"]
-    b2n = [dict(r, group="b2n") for r in rows if r["protocol"] == "base2novel"]
+    few = [r for r in rows if r["protocol"] == "few_shot"]
+    b2n = [r for r in rows if r["protocol"] == "base2novel"]
     out: dict = {"few_shot": {}, "base2novel": {}}
-    for shots, per in sorted(_seed_mean(few, "accuracy").items(), key=lambda kv: kv[0] or 0):
+    for shots, per in sorted(_seed_mean(few, "accuracy", lambda r: r["shots"]).items(), key=lambda kv: kv[0] or 0):
         out["few_shot"][shots] = {"per_dataset": per, "mean": mean(per.values()), "n_datasets": len(per)}
-    base = _seed_mean(b2n, "base_accuracy").get("b2n", {})
-    novel = _seed_mean(b2n, "novel_accuracy").get("b2n", {})
+    base = _seed_mean(b2n, "base_accuracy", lambda r: "b2n").get("b2n", {})
+    novel = _seed_mean(b2n, "novel_accuracy", lambda r: "b2n").get("b2n", {})
     common = sorted(set(base) & set(novel))
     if common:
         b, n = mean(base[p] for p in common), mean(novel[p] for p in common)
