@@ -125,10 +125,14 @@ class Predictor:
         with torch.no_grad():
             self.text_features = self.model.encode_prompts()  # [C, E]
         self.weights = self._source_weights()  # [P], sums to 1 per (class, source)
-        # Per-request constants: which prompts belong to each source, and whether every class has one.
+        # Per-request constants: per source, a [P, C] matrix that sums its prompts' contributions
+        # into their classes; whether every class has a prompt of that source; the used prompts.
         device = backbone.device
-        self._source_mask = {s: torch.tensor([p.source == s for p in self.bank.prompts], device=device)
-                             for s in SOURCES}
+        onehot = torch.nn.functional.one_hot(self.bank.class_index, self.bank.n_classes).float().to(device)
+        self._source_sum = {s: onehot * torch.tensor([[p.source == s] for p in self.bank.prompts], device=device)
+                            for s in SOURCES}
+        self._weights = self.weights.tolist()
+        self._used = [i for i, w in enumerate(self._weights) if w > 0]
         self._source_complete = {s: all(self.bank.indices(c, s) for c in range(self.bank.n_classes))
                                  for s in SOURCES}
 
@@ -195,25 +199,23 @@ class Predictor:
         logits = tau * feats @ self.text_features.t()  # [B, C]
         prompt_logits = tau * feats @ self.bank.features.t()  # [B, P]
         contrib = prompt_logits * self.weights[None]  # [B, P]
-        names = self.class_names
+        per_source = {s: contrib @ self._source_sum[s] for s in SOURCES}  # [B, C] each
+        names, prompts_of_bank = self.class_names, self.bank.prompts
         results = []
         for b in range(feats.shape[0]):
-            sources: dict[str, dict[str, float] | None] = {"learned": _probs(names, logits[b])}
+            learned = _probs(names, logits[b])
+            sources: dict[str, dict[str, float] | None] = {"learned": learned}
             source_logits: dict[str, list[float] | None] = {"learned": logits[b].tolist()}
             for s in SOURCES:
-                per_class = torch.zeros(len(names), device=feats.device).index_add(
-                    0, self.bank.class_index.to(feats.device), contrib[b] * self._source_mask[s])
                 if self._source_complete[s]:
-                    sources[s] = _probs(names, per_class)
-                    source_logits[s] = per_class.tolist()
+                    sources[s] = _probs(names, per_source[s][b])
+                    source_logits[s] = per_source[s][b].tolist()
                 else:
                     sources[s], source_logits[s] = None, None  # some class has no prompt of this source
-            prompts = [
-                PromptContribution(names[p.class_index], p.source, p.text, float(self.weights[i]), float(contrib[b, i]))
-                for i, p in enumerate(self.bank.prompts) if float(self.weights[i]) > 0
-            ]
-            results.append(Prediction(list(names), logits[b].tolist(), _probs(names, logits[b]), sources,
-                                      source_logits, prompts))
+            row = contrib[b].tolist()
+            prompts = [PromptContribution(names[prompts_of_bank[i].class_index], prompts_of_bank[i].source,
+                                          prompts_of_bank[i].text, self._weights[i], row[i]) for i in self._used]
+            results.append(Prediction(list(names), logits[b].tolist(), learned, sources, source_logits, prompts))
         return results
 
 
