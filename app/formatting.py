@@ -6,7 +6,6 @@ DataFrames, Markdown strings) out, so every function is unit-testable.
 from __future__ import annotations
 
 import html
-import logging
 import math
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -22,7 +21,6 @@ from dpt_core.imageio import ImageLoadError, LoadedImage
 from dpt_core.modality import ModalityCheck
 from dpt_core.predictor import Prediction
 
-log = logging.getLogger(__name__)
 
 # The class table: one row per class, its descriptions in one cell separated by " | ".
 # (A Dataframe cell cannot take a line break while editing; " | " is easy to type and to read.)
@@ -202,12 +200,12 @@ def image_summary(loaded: LoadedImage) -> str:
     return " · ".join(parts)
 
 
-def explanation_caption(expl: Explanation, checkpoint_label: str = "") -> str:
+def explanation_caption(expl: Explanation) -> str:
     if expl.method == "rollout":
         what = "Attention rollout of the class token through the prompted forward"
     else:
         what = f"Grad-CAM of the similarity to “{escape(expl.target)}”"
-    lines = [f"**{ATTENTION_NOTE}** {what}{checkpoint_label}."]
+    lines = [f"**{ATTENTION_NOTE}** {what}."]
     if expl.masked_cells:
         lines.append("Grey hatched cells hold the visual prompt tokens and carry no image.")
     if float(expl.heatmap.max()) <= 0.0:

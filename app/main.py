@@ -17,8 +17,8 @@ from dpt_core.backbone import BackboneError
 
 from . import formatting as fmt
 from .examples import EXAMPLES_DIR
+from .fewshot_tab import create_fewshot_tab
 from .predict_tab import (
-    PredictHandles,
     checkpoint_choices,
     create_predict_tab,
 )
@@ -62,23 +62,12 @@ def build_demo(services: Services) -> gr.Blocks:
             with gr.Tab("Predict", id="predict") as predict_tab:
                 handles = create_predict_tab(services, session)
             with gr.Tab("Few-shot adaptation", id="fewshot"):
-                _fewshot_tab(services, session, handles, tabs)
+                create_fewshot_tab(services, session, handles, tabs)
         # Checkpoints trained on the other tab appear when coming back (choices only; the value stays).
         predict_tab.select(lambda p, s: gr.update(choices=checkpoint_choices(p, s)),
                            [handles.preset, session], [handles.checkpoint], api_visibility="private")
         demo.unload(_unload_cleanup(demo, session))
     return demo
-
-
-def _fewshot_tab(services: Services, session: gr.State, handles: PredictHandles, tabs: gr.Tabs) -> None:
-    try:
-        from app.fewshot_tab import create_fewshot_tab
-    except ModuleNotFoundError as exc:  # only while that tab is not written yet
-        if exc.name != "app.fewshot_tab":
-            raise
-        gr.Markdown("Few-shot adaptation is not available in this build.")
-        return
-    create_fewshot_tab(services, session, handles, tabs)
 
 
 def _unload_cleanup(demo: gr.Blocks, session: gr.State):

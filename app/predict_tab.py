@@ -144,15 +144,15 @@ class PredictRequest:
     loaded: LoadedImage
     setup: ClassSetup
     checkpoint: str | None
-    example: str | None = None  # the shipped example this image is (by content), if any
+    path: str  # the uploaded file (a shipped example is recognised by its content, see app.examples)
 
 
 class PredictController:
     """The Predict tab's logic over ``Services``: every method is one event handler."""
 
-    def __init__(self, services: Services):
+    def __init__(self, services: Services, examples: list[dict[str, Any]] | None = None):
         self.services = services
-        self.examples = ShippedExamples()
+        self.examples = ShippedExamples(examples)
 
     # -------------------------------------------------------------- resolving inputs
     @staticmethod
@@ -190,7 +190,7 @@ class PredictController:
                 table: Any, state: dict | None) -> PredictRequest:
         setup = self.setup_from_table(preset, table)
         ckpt = self.checkpoint_id(checkpoint, state)
-        return PredictRequest(self.load(path, frame), setup, ckpt, self.examples.match(path))
+        return PredictRequest(self.load(path, frame), setup, ckpt, str(path))
 
     # -------------------------------------------------------------- image input
     @user_errors("read the image")
@@ -338,8 +338,10 @@ class PredictController:
 
     def run_predict(self, req: PredictRequest):
         expected = req.setup.preset.modality if req.setup.preset else None
-        if req.example is not None and self.shipped_configuration(req):  # cached for everyone (app.examples)
-            outcome = self.services.predict_example(f"{req.example}#{req.loaded.frame}", req.setup, req.checkpoint,
+        # A shipped example with a shipped configuration is cached for everyone (app.examples).
+        example = self.examples.match(req.path) if self.shipped_configuration(req) else None
+        if example is not None:
+            outcome = self.services.predict_example(f"{example}#{req.loaded.frame}", req.setup, req.checkpoint,
                                                     req.loaded.image, expected)
         else:
             outcome = self.services.predict(req.setup, req.checkpoint, req.loaded.image, expected)
@@ -404,7 +406,7 @@ class PredictController:
             raise ValueError(f"unknown preset {reprlib.repr(preset)}; known presets: {', '.join(list_presets())}, custom")
         setup = self.services.setup(preset, parse_classes_text(classes), parse_descriptions_text(descriptions))
         return PredictRequest(self.load(image, None if frame is None or frame < 0 else frame), setup,
-                              self.checkpoint_id(checkpoint, None), self.examples.match(image))
+                              self.checkpoint_id(checkpoint, None), str(image))
 
     @user_errors("predict")
     def api_predict(
@@ -477,21 +479,16 @@ class PredictController:
 class PredictHandles:
     """What other tabs may wire to."""
 
-    image: gr.File
     preset: gr.Dropdown
     checkpoint: gr.Dropdown
-    table: gr.Dataframe
-    frame: gr.Slider
-    session: gr.State
-    controller: PredictController
     # (preset, session state, value=None) -> gr.update for ``checkpoint``; the Few-shot tab uses it.
     checkpoint_update: Callable[..., dict] = checkpoint_update
 
 
 def create_predict_tab(services: Services, session: gr.State) -> PredictHandles:
     """Build the tab's components inside the current ``gr.Tab`` and wire its events."""
-    ctl = PredictController(services)
     examples = load_examples()
+    ctl = PredictController(services, examples)
 
     with gr.Row(equal_height=False):
         with gr.Column(scale=5):
@@ -607,7 +604,7 @@ def create_predict_tab(services: Services, session: gr.State) -> PredictHandles:
     alpha.release(ctl.on_alpha, [alpha, expl_state], [overlay_img], **private)
 
     _api_endpoints(ctl)
-    return PredictHandles(image, preset, checkpoint, table, frame, session, ctl)
+    return PredictHandles(preset, checkpoint)
 
 
 def _api_endpoints(ctl: PredictController) -> None:

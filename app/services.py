@@ -95,9 +95,6 @@ class _LRU:
                     self._items.popitem(last=False)
             return value
 
-    def __len__(self) -> int:
-        return len(self._items)
-
 
 @dataclass
 class PredictOutcome:
