@@ -31,7 +31,7 @@ from dpt_core.imageio import LoadedImage, load_image
 from dpt_core.modality import header_mismatch
 from dpt_core.predictor import MAX_CLASSES, check_class_names
 from dpt_core.presets import list_presets, load_preset
-from dpt_core.registry import entries_for
+from dpt_core.registry import entries_for, entry
 from dpt_core.workflow import ClassSetup
 
 from . import formatting as fmt
@@ -179,7 +179,7 @@ class PredictController:
             return trained[value]
         if value in trained.values() or value.startswith("hf-hub:"):
             return value
-        if any(e.id == value for e in entries_for(None)):
+        if entry(value) is not None:  # registry ids need not be hf-hub: ones
             return value
         if os.environ.get(ALLOW_LOCAL_ENV, "").strip().lower() in ("1", "true", "yes"):
             return value
@@ -316,7 +316,7 @@ class PredictController:
     def table_for_checkpoint(self, ckpt_id: str, preset: str | None, table: Any) -> Any:
         """The class table to use with a checkpoint: unchanged, or the checkpoint's own classes."""
         ckpt = self.services.load_checkpoint(ckpt_id, None if preset == CUSTOM else preset)
-        if any(e.id == ckpt_id for e in entries_for(None)):
+        if entry(ckpt_id) is not None:
             return gr.update()  # registry checkpoints are made for the preset's classes
         rows = fmt.table_rows(table) if table is not None else []
         if [n.casefold() for n, _ in rows] == [c.casefold() for c in ckpt.class_names]:

@@ -36,7 +36,7 @@ from dpt_core.modality import ModalityCheck, check_modality
 from dpt_core.predictor import Prediction, Predictor
 from dpt_core.presets import list_presets
 from dpt_core.prompt_bank import encode_cached
-from dpt_core.registry import entries_for
+from dpt_core.registry import entry as registry_entry
 from dpt_core.workflow import ClassSetup, setup_classes
 
 from .device import CALLS, DeviceCalls, register
@@ -96,6 +96,11 @@ class _LRU:
             return value
 
 
+def _checkpoint_id(value: str | None) -> str | None:
+    """A checkpoint id as the caches key it: stripped; None (zero-shot) when empty."""
+    return (value or "").strip() or None
+
+
 @dataclass
 class PredictOutcome:
     prediction: Prediction
@@ -126,6 +131,7 @@ class Services:
         self._predictors = _LRU(predictor_cache)
         self._checkpoints = _LRU(checkpoint_cache)
         self._generators = _LRU(1)  # a local LLM is large: keep one
+        self._retrievers = _LRU(16)  # per preset: each keeps its bank and the bank's embeddings
         self._examples = _LRU(example_cache)  # predictions on the shipped examples (lazy example caching)
         self.train_lock = threading.Lock()  # the Few-shot tab: one training at a time per process
         self.calls = calls or CALLS  # how model work runs: see app.device
@@ -188,7 +194,7 @@ class Services:
 
         ``checkpoint``: the loaded checkpoint of ``checkpoint_id``, when the caller has it.
         """
-        checkpoint_id = (checkpoint_id or "").strip() or None
+        checkpoint_id = _checkpoint_id(checkpoint_id)
         preset = setup.preset.name if setup.preset else None
         key = self._predictor_key(setup, checkpoint_id)
 
@@ -210,7 +216,7 @@ class Services:
             setup.n_ctx,
             tuple(setup.templates),
             tuple((c, tuple(setup.descriptions.get(c, ()))) for c in setup.class_names),
-            (checkpoint_id or "").strip() or None,
+            _checkpoint_id(checkpoint_id),
         )
 
     def load_checkpoint(self, checkpoint_id: str, preset: str | None = None) -> PromptCheckpoint:
@@ -220,9 +226,9 @@ class Services:
         Raises CheckpointError or HubError (not cached, so a retry after a network hiccup works).
         """
         checkpoint_id = checkpoint_id.strip()
-        entry = next((e for e in entries_for(None) if e.id == checkpoint_id), None)
-        preset = entry.preset if entry is not None else preset
-        method = entry.method if entry is not None else None
+        known = registry_entry(checkpoint_id)
+        preset = known.preset if known is not None else preset
+        method = known.method if known is not None else None
 
         def build() -> PromptCheckpoint:
             ckpt = load_checkpoint(checkpoint_id, preset=preset, method=method)
@@ -237,7 +243,7 @@ class Services:
     # that runs there, in whichever process that is.
 
     def _checkpoint(self, setup: ClassSetup, checkpoint_id: str | None) -> tuple[str | None, PromptCheckpoint | None]:
-        checkpoint_id = (checkpoint_id or "").strip() or None
+        checkpoint_id = _checkpoint_id(checkpoint_id)
         if checkpoint_id is None:
             return None, None
         return checkpoint_id, self.load_checkpoint(checkpoint_id, setup.preset.name if setup.preset else None)
@@ -339,7 +345,7 @@ class Services:
     def describe_here(self, preset: str | None, request: GenerationRequest, backend: str,
                       model: str) -> GenerationResult:
         if backend == "retrieval":
-            return self._retrieval(preset).generate(request)
+            return self._retrievers.get_or_build(preset, lambda: self._retrieval(preset)).generate(request)
         generator = self._generators.get_or_build(model, lambda: make_generator("local", model=model))
         return generator.generate(request)
 

@@ -25,6 +25,11 @@ def registry_entries() -> tuple[RegistryEntry, ...]:
     return tuple(RegistryEntry(**e) for e in raw["checkpoints"])
 
 
+def entry(checkpoint_id: str) -> RegistryEntry | None:
+    """The registry entry of a checkpoint id, if it has one."""
+    return next((e for e in registry_entries() if e.id == checkpoint_id), None)
+
+
 def entries_for(preset: str | None) -> list[RegistryEntry]:
     """Registry entries of one preset (all when ``preset`` is None)."""
     return [e for e in registry_entries() if preset is None or e.preset == preset]
