@@ -57,7 +57,10 @@ def build_demo(services: Services) -> gr.Blocks:
         gr.Markdown(f"## {TITLE}")
         gr.HTML(NOTICE_HTML, elem_id="notice")
         gr.HTML(banner_html(services), elem_id="banner")  # the backbone is loaded once: the banner is fixed
-        session = gr.State(new_session_state, delete_callback=cleanup_session_state)
+        # Filled on page load by a private event: a callable State value would become a public
+        # /new_session_state endpoint that hands out server paths.
+        session = gr.State(None, delete_callback=cleanup_session_state)
+        demo.load(new_session_state, None, session, api_visibility="private")
         with gr.Tabs() as tabs:
             with gr.Tab("Predict", id="predict") as predict_tab:
                 handles = create_predict_tab(services, session)

@@ -45,6 +45,20 @@ def synthetic_image(label: int, rng: np.random.Generator, size: int = 224) -> Im
     return Image.fromarray(a)
 
 
+@pytest.fixture(scope="session")
+def ct_path(tmp_path_factory) -> str:
+    """pydicom's small CT, altered by one header field: an upload, not the shipped example made from it
+    (predictions on shipped examples are cached, and tests should reach the model)."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.InstanceNumber = 9999
+    path = tmp_path_factory.mktemp("uploads") / "ct_small_upload.dcm"
+    ds.save_as(path)
+    return str(path)
+
+
 BTMRI = ["glioma tumor", "meningioma tumor", "pituitary tumor", "normal brain"]
 # What the Few-shot tab's train_stream handler yields into, as plain keys (handlers run without a UI).
 FEWSHOT_UI = SimpleNamespace(**{k: k for k in ("pending", "status", "plot", "result", "summary", "per_class",

@@ -99,17 +99,18 @@ def test_example_gallery_sets_file_and_preset(page):
 def test_session_folder_is_deleted_when_the_tab_closes(browser, served):
     import time
 
-    from app.session import session_dir
+    from app.session import cleanup_session_state, session_dir
 
     demo, local_url = served
     page = browser.new_page()
     page.goto(local_url)
     page.wait_for_selector("#predict-btn", timeout=TIMEOUT_MS)
-    state_id = next(b._id for b in demo.blocks.values() if isinstance(b, gr.State) and callable(b.value))
+    state_id = next(b._id for b in demo.blocks.values()
+                    if isinstance(b, gr.State) and b.delete_callback is cleanup_session_state)
     folder = None
     for _ in range(100):  # the page's load event creates this session's state
         states = [s.state_data[state_id] for s in demo.state_holder.session_data.values()
-                  if state_id in s.state_data and not s.is_closed]
+                  if state_id in s.state_data and s.state_data[state_id] and not s.is_closed]
         if states:
             folder = session_dir(states[-1])  # what the Few-shot tab does before writing a checkpoint
             break
