@@ -27,6 +27,8 @@ from .session import cleanup_session_state, new_session_state
 
 log = logging.getLogger(__name__)
 
+QUEUE_CONCURRENCY = 2  # events without a limit of their own: at most 2 at a time (tests and load test alike)
+
 TITLE = "Biomed-DPT: prompt-tuned BiomedCLIP demo"
 # Every CACHE_LIFETIME[0] s, Gradio deletes the files (uploads, outputs) older than CACHE_LIFETIME[1] s.
 CACHE_LIFETIME = (600, 1800)
@@ -139,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if services.banner:
         log.warning("%s", services.banner)
     demo = build_demo(services)
-    demo.queue(default_concurrency_limit=2)
+    demo.queue(default_concurrency_limit=QUEUE_CONCURRENCY)
     options = launch_options()
     options["share"] = bool(args.share)
     demo.launch(server_name=args.host, server_port=args.port, theme=gr.themes.Soft(), **options)

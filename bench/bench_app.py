@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import full_size_spec, machine, peak_rss_mb, table
+from common import free_port, full_size_spec, machine, peak_rss_mb, table
 
 import numpy as np
 from PIL import Image
@@ -28,12 +27,6 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "assets" / "examples" / "ct_small.dcm"
 EXAMPLE_PNG = REPO / "assets" / "examples" / "ct_small.png"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def upload_like(folder: Path) -> Path:
@@ -102,7 +95,8 @@ def fewshot_timings(spec: str) -> dict:
 
     from app.fewshot_jobs import TrainSettings, load_class_images, plan_holdout, run_fewshot
     from dpt_core.backbone import load_backbone
-    from dpt_core.train import TrainConfig, fit
+    from dpt_core.train import TrainConfig, fit_epochs
+    from dpt_core.workflow import prepare_training
     from dpt_core.workflow import setup_classes
 
     bb = load_backbone(spec, "cpu")
@@ -125,14 +119,10 @@ def fewshot_timings(spec: str) -> dict:
         # exact mode, same job: one epoch over the same training images, measured, times the epochs
         split = plan_holdout(data.labels, settings.seed)
         train = data.subset(split[0]) if split else data
-        from dpt_core.model import BiomedDPT
-        from dpt_core.prompt_bank import build_prompt_bank
-        from dpt_core.teacher import build_teacher
-
-        model = BiomedDPT(bb, setup.class_names, setup.template, setup.n_ctx)
-        teacher = build_teacher(build_prompt_bank(bb, setup.class_names, setup.templates, setup.descriptions))
+        exact = TrainConfig(epochs=1, mode="exact", loss_weights=setup.loss_weights)
+        model, teacher, state = prepare_training(bb, setup, train, exact, settings.teacher)
         t = time.perf_counter()
-        fit(model, train, teacher, TrainConfig(epochs=1, mode="exact", loss_weights=setup.loss_weights))
+        fit_epochs(model, train, teacher, exact, state)
         exact_epoch = time.perf_counter() - t
     return {"total": total, "settings": settings, "timings": result.timings, "n_train": result.n_train,
             "exact_estimate": exact_epoch * settings.epochs + result.timings["encode_s"], "exact_epoch": exact_epoch,

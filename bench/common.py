@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import platform
 import resource
+import socket
 import statistics
 import sys
 import time
@@ -25,6 +26,12 @@ def full_size_spec() -> str:
     if not (folder / "open_clip_model.safetensors").is_file():
         write_random_biomedclip(folder)
     return f"local-dir:{folder}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def timeit(fn, repeat: int = 5, warmup: int = 1) -> float:

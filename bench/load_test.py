@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import io
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -25,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import full_size_spec, machine, table  # first: puts the repo root on sys.path, offline Hub
+from common import free_port, full_size_spec, machine, table  # first: puts the repo root on sys.path, offline Hub
 
 import app  # noqa: F401 - sets the app's privacy environment before gradio is imported
 import httpx
@@ -35,7 +34,7 @@ from PIL import Image
 
 from app.fewshot_jobs import TrainingJob, TrainingStopped, TrainSettings, load_class_images
 from app.job_channel import FileChannel
-from app.main import build_demo, launch_options
+from app.main import QUEUE_CONCURRENCY, build_demo, launch_options
 from app.services import Services
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "examples"
@@ -60,17 +59,11 @@ HEALTH_TIMEOUT = 60.0
 FILE_META = {"_type": "gradio.FileData"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(spec: str):
     services = Services(spec)
     services.backbone  # noqa: B018 - loaded before launching, as app.main.main does: no user pays for it
     demo = build_demo(services)
-    demo.queue(default_concurrency_limit=2)  # exactly as app.main.main
+    demo.queue(default_concurrency_limit=QUEUE_CONCURRENCY)  # as app.main.main
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(),
                             quiet=True, **launch_options())
     return services, demo, url.rstrip("/")
@@ -157,8 +150,9 @@ def user(client: Client, k: int, start_until: float, end: float, out: LoadResult
         i += 1
 
 
-def percentile(sorted_values: list[float], p: float) -> float:
-    return sorted_values[max(0, -(-len(sorted_values) * p // 100) - 1)] if sorted_values else float("nan")
+def percentile(values: list[float], p: float) -> float:
+    """Interpolated percentile, as bench_app.py reports them (numpy's default)."""
+    return float(np.percentile(values, p)) if values else float("nan")
 
 
 # --------------------------------------------------------------------------- faults

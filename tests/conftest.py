@@ -128,11 +128,11 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def live_demo(tiny):
     """The real demo (as ``app.main.main`` builds it) on tiny, on a free loopback port: (demo, url)."""
-    from app.main import build_demo, launch_options
+    from app.main import QUEUE_CONCURRENCY, build_demo, launch_options
     from app.services import Services
 
     demo = build_demo(Services(tiny))
-    demo.queue(default_concurrency_limit=2)
+    demo.queue(default_concurrency_limit=QUEUE_CONCURRENCY)
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(),
                             quiet=True, **launch_options())
     try:
