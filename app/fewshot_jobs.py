@@ -56,7 +56,7 @@ from dpt_core.data import LabelledImages
 from dpt_core.descriptions import class_key
 from dpt_core.evaluate import Evaluation
 from dpt_core.features import encode_images
-from dpt_core.hub import HubError, push_folder
+from dpt_core.hub import HubError, push_folder, valid_repo_id
 from dpt_core.imageio import ImageLoadError, load_image
 from dpt_core.losses import LossWeights
 from dpt_core.predictor import check_class_names
@@ -524,28 +524,18 @@ def no_check_reason(labels: torch.Tensor, class_names: Sequence[str]) -> str:
 
 
 class _StepTracker:
-    """Turns fit's per-step callbacks into Status snapshots with per-epoch mean losses."""
+    """Turns fit's per-step callbacks into Status snapshots (the plot reads the completed epochs)."""
 
-    def __init__(self, report: Reporter, started: float, epochs: Sequence[dict] = ()):
+    def __init__(self, report: Reporter, started: float):
         self.report, self.started = report, started  # started: time.time() (calls may be in other processes)
-        self.epochs: list[dict] = [{k: e[k] for k in ("epoch", *LOSS_PARTS)} for e in epochs]
-        self._sums: dict[str, float] = {}
 
     def __call__(self, info: StepInfo) -> None:
-        for k, v in info.loss.items():
-            self._sums[k] = self._sums.get(k, 0.0) + v
-        if info.step == info.steps_per_epoch - 1:
-            self.epochs.append({"epoch": info.epoch + 1, **{k: v / info.steps_per_epoch for k, v in self._sums.items()}})
-            self._sums = {}
         done = info.epoch * info.steps_per_epoch + info.step + 1
         total = info.epochs * info.steps_per_epoch
         elapsed = time.time() - self.started
         text = (f"Training: epoch {info.epoch + 1}/{info.epochs}, step {info.step + 1}/{info.steps_per_epoch} "
                 f"- loss {info.loss['total']:.3f} - {elapsed:.0f} s")
-        self.report(Status("training", text, done / total, list(self.epochs), elapsed))
-
-
-LOSS_PARTS = ("ce", "l1", "kl", "total")
+        self.report(Status("training", text, done / total, info.history, elapsed))
 
 
 @dataclass
@@ -594,7 +584,7 @@ def train_slice(backbone: Backbone, setup: ClassSetup, settings: TrainSettings, 
     settings = settings.checked()
     model = zero_shot_model(backbone, setup, settings.visual())
     return fit_epochs(model, prepared.train, prepared.teacher.to(backbone.device), settings.train_config(), state,
-                      on_step=_StepTracker(channel.report, prepared.started, state.history),
+                      on_step=_StepTracker(channel.report, prepared.started),
                       should_stop=channel.stop_requested, budget_s=budget_s)
 
 
@@ -886,7 +876,7 @@ def push_checkpoint(folder: str | Path, repo_id: str, token: str | None, private
     repo_id = (repo_id or "").strip()
     if not token:
         raise FewShotError("Pushing needs a Hugging Face token with write access (or log in on Spaces).")
-    if not re.fullmatch(r"[\w.\-]+/[\w.\-]+", repo_id):
+    if not valid_repo_id(repo_id):  # checked here too, to word it for the form
         raise FewShotError("Name the repository as ORG/NAME, e.g. your-name/biomed-dpt-btmri.")
     try:
         return push_folder(folder, repo_id, token=token, private=private)

@@ -72,12 +72,17 @@ def download_file(ref: HubRef, filename: str | None = None, token: str | None = 
         raise _explain(exc, f"{ref.repo_id}/{full}") from exc
 
 
+def valid_repo_id(repo_id: str | None) -> bool:
+    """Whether ``repo_id`` has the ORG/NAME form of a Hub repository."""
+    return bool(re.fullmatch(r"[\w.\-]+/[\w.\-]+", repo_id or ""))
+
+
 def push_folder(folder: str | Path, repo_id: str, token: str | None = None, private: bool = True,
                 path_in_repo: str | None = None, message: str = "Add Biomed-DPT prompt checkpoint") -> str:
     """Create the model repo if needed (private by default) and upload ``folder``; returns the repo URL."""
     from huggingface_hub import HfApi
 
-    if not re.fullmatch(r"[\w.\-]+/[\w.\-]+", repo_id or ""):
+    if not valid_repo_id(repo_id):
         raise HubError(f"repository name must look like ORG/NAME, not {repo_id!r}")
     api = HfApi(token=token)
     try:

@@ -85,6 +85,7 @@ class StepInfo:
     loss: dict[str, float]
     lr: float
     elapsed_s: float
+    history: list[dict] = field(default_factory=list)  # completed epochs so far, this step's included
 
 
 @dataclass
@@ -259,15 +260,16 @@ def fit_epochs(
                 values = parts.as_floats()
                 for k in sums:
                     sums[k] += values[k]
+                if step == steps - 1:  # the epoch is complete: record it before reporting its last step
+                    mean = {k: v / steps for k, v in sums.items()}
+                    if mean["total"] < state.best_loss:  # strictly: the first of equal epochs is kept
+                        state.best_ctx = model.prompt_learner.ctx.detach().cpu().clone()
+                    state.history.append({"epoch": epoch + 1, "lr": lr, **mean})
                 if on_step is not None:
                     on_step(StepInfo(epoch, config.epochs, step, steps, values, lr,
-                                     state.seconds + time.perf_counter() - start))
+                                     state.seconds + time.perf_counter() - start, list(state.history)))
             if state.stopped:
                 break
-            mean = {k: v / steps for k, v in sums.items()}
-            if mean["total"] < state.best_loss:  # strictly: the first of equal epochs is kept
-                state.best_ctx = model.prompt_learner.ctx.detach().cpu().clone()
-            state.history.append({"epoch": epoch + 1, "lr": lr, **mean})
             epoch_seconds.append(time.perf_counter() - t_epoch)
         _save_rng(state, gen, device)
     state.ctx = model.prompt_learner.ctx.detach().cpu().clone()

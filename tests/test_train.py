@@ -182,3 +182,11 @@ def test_stop_in_a_later_call_restores_the_best_epoch_of_all_calls(tiny):
         if best is None or state.history[-1]["total"] < best[0]:
             best = (state.history[-1]["total"], state.ctx.clone())
     assert torch.equal(model.prompt_learner.ctx, best[1])
+
+
+def test_steps_report_the_completed_epochs(tiny):
+    model, teacher = _setup(tiny)
+    steps = []
+    result = fit(model, synthetic_set(4, 0), teacher, TrainConfig(epochs=2, views=1), on_step=steps.append)
+    assert [len(s.history) for s in steps] == [0, 0, 1, 1, 1, 2]  # 3 steps an epoch; an epoch counts at its last
+    assert steps[-1].history == result.history
