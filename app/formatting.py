@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import html
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
@@ -19,7 +19,7 @@ from dpt_core.explain import Explanation
 from dpt_core.hub import HubError
 from dpt_core.imageio import ImageLoadError, LoadedImage
 from dpt_core.modality import ModalityCheck
-from dpt_core.predictor import Prediction
+from dpt_core.predictor import Prediction, PromptContribution
 
 
 # The class table: one row per class, its descriptions in one cell separated by " | ".
@@ -126,34 +126,25 @@ def sources_note(prediction: Prediction) -> str:
     return ""
 
 
-def contribution_rows(prompts: Iterable[Mapping[str, Any]], class_name: str,
-                      k_templates: int = 5, k_descriptions: int = 10) -> list[dict[str, Any]]:
-    """The top prompts of one class per source, largest contribution first (JSON rows of ``to_json``)."""
-    rows = [p for p in prompts if p["class"] == class_name]
-    out: list[dict[str, Any]] = []
-    for source, k in (("templates", k_templates), ("descriptions", k_descriptions)):
-        ranked = sorted((p for p in rows if p["source"] == source), key=lambda p: -p["contribution"])
-        out.extend(ranked[:k])
-    return sorted(out, key=lambda p: -p["contribution"])
+def contribution_rows(prediction: Prediction, class_name: str, k_templates: int = 5,
+                      k_descriptions: int = 10) -> list[PromptContribution]:
+    """The top prompts of one class per source, largest contribution first."""
+    rows = (prediction.top_prompts(class_name, k_templates, "templates")
+            + prediction.top_prompts(class_name, k_descriptions, "descriptions"))
+    return sorted(rows, key=lambda p: p.contribution, reverse=True)
 
 
-def contributions_plot_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+def contributions_plot_frame(rows: Sequence[PromptContribution]) -> pd.DataFrame:
     """BarPlot data: one bar per prompt, labelled "#rank first words", coloured by source."""
-    data = [[f"#{i} {_short(r['text'], 28)}", round(float(r["contribution"]), 4), _source_name(r["source"])]
+    data = [[f"#{i} {_short(r.text, 28)}", round(r.contribution, 4), _source_name(r.source)]
             for i, r in enumerate(rows, start=1)]
     return pd.DataFrame(data, columns=CONTRIB_COLUMNS)
 
 
-def contributions_table_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    data = [[i, _source_name(r["source"]), r["text"], round(float(r["weight"]), 4), round(float(r["contribution"]), 4)]
+def contributions_table_frame(rows: Sequence[PromptContribution]) -> pd.DataFrame:
+    data = [[i, _source_name(r.source), r.text, round(r.weight, 4), round(r.contribution, 4)]
             for i, r in enumerate(rows, start=1)]
     return pd.DataFrame(data, columns=DETAIL_COLUMNS)
-
-
-def prediction_state(prediction: Prediction) -> dict[str, Any]:
-    """What the tab keeps to redraw the contributions chart for another class without recomputing."""
-    return {"prediction": prediction.prediction, "classes": list(prediction.class_names),
-            "prompts": [p.to_json() for p in prediction.prompts]}
 
 
 def prediction_details(prediction: Prediction, check: ModalityCheck, loaded: LoadedImage,

@@ -29,7 +29,7 @@ from dpt_core.descriptions import DescriptionsError, validate_descriptions
 from dpt_core.explain import Explanation, overlay
 from dpt_core.imageio import LoadedImage, load_image
 from dpt_core.modality import header_mismatch
-from dpt_core.predictor import MAX_CLASSES, check_class_names
+from dpt_core.predictor import MAX_CLASSES, Prediction, check_class_names
 from dpt_core.presets import list_presets, load_preset
 from dpt_core.registry import entries_for, entry
 from dpt_core.workflow import ClassSetup
@@ -357,8 +357,7 @@ class PredictController:
         for note in (header, check.message if check.mismatch else None):
             if note:
                 gr.Warning(fmt.escape(note))
-        state_value = fmt.prediction_state(pred)
-        rows = fmt.contribution_rows(state_value["prompts"], pred.prediction)
+        rows = fmt.contribution_rows(pred, pred.prediction)
         modality_md = fmt.modality_markdown(check, header)
         note = fmt.sources_note(pred)
         return (
@@ -369,14 +368,14 @@ class PredictController:
             fmt.contributions_plot_frame(rows),
             fmt.contributions_table_frame(rows),
             gr.update(choices=[("Predicted class", PREDICTED)] + [(c, c) for c in pred.class_names], value=PREDICTED),
-            state_value,
+            pred,  # kept to redraw the contributions for another class without recomputing
         )
 
     @staticmethod
-    def on_contrib_class(class_name: str | None, state_value: dict | None) -> tuple:
-        if not state_value or not class_name:
+    def on_contrib_class(class_name: str | None, pred: Prediction | None) -> tuple:
+        if pred is None or not class_name:
             return None, None
-        rows = fmt.contribution_rows(state_value["prompts"], class_name)
+        rows = fmt.contribution_rows(pred, class_name)
         return fmt.contributions_plot_frame(rows), fmt.contributions_table_frame(rows)
 
     # -------------------------------------------------------------- attention

@@ -263,7 +263,7 @@ def test_predict_on_a_real_dicom(ctl, ct_path, btmri_table):
     label, sources, modality_md, contrib_class, plot, table, target, state = predict(ctl, ct_path, btmri_table)
     assert set(label) == set(btmri_table[fmt.CLASS_COL]) and abs(sum(label.values()) - 1) < 1e-4
     assert list(sources.columns) == ["class", "learned prompt", "template ensemble", "expert descriptions"]
-    assert contrib_class["value"] == max(label, key=label.get) == state["prediction"]
+    assert contrib_class["value"] == max(label, key=label.get) == state.prediction
     assert len(plot) == 15 and set(plot["source"]) == {"template", "description"}
     assert list(table.columns) == fmt.DETAIL_COLUMNS and table["contribution"].is_monotonic_decreasing
     assert target["value"] == PREDICTED
@@ -271,7 +271,7 @@ def test_predict_on_a_real_dicom(ctl, ct_path, btmri_table):
     assert "DICOM header says this is a CT image" in modality_md
     assert "not meaningful" in modality_md
     # another class's contributions, from the kept state (no recomputation)
-    other = [c for c in label if c != state["prediction"]][0]
+    other = [c for c in label if c != state.prediction][0]
     plot2, table2 = ctl.on_contrib_class(other, state)
     assert len(plot2) == 15 and set(table2["prompt text"]) != set(table["prompt text"])
 
@@ -314,7 +314,7 @@ def test_editing_one_description_reencodes_only_that_sentence(ctl, services, ct_
     assert len(cache) == n0 + 1  # exactly the edited sentence was encoded
     assert after[0] == before[0]  # the learned prompt (the prediction) does not use descriptions
     assert before[1]["template ensemble"].tolist() == after[1]["template ensemble"].tolist()
-    assert any(p["text"] == sentences[0] for p in after[-1]["prompts"])  # the new sentence is a prompt now
+    assert any(p.text == sentences[0] for p in after[-1].prompts)  # the new sentence is a prompt now
 
 
 def test_class_add_remove_rename(ctl, ct_path, btmri_table):
