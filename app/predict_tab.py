@@ -25,7 +25,7 @@ import gradio as gr
 import pandas as pd
 from PIL import Image
 
-from dpt_core.descriptions import DescriptionsError, validate_descriptions
+from dpt_core.descriptions import DescriptionsError, class_key, same_classes, validate_descriptions
 from dpt_core.explain import Explanation, overlay
 from dpt_core.imageio import LoadedImage, load_image
 from dpt_core.modality import header_mismatch
@@ -319,7 +319,7 @@ class PredictController:
         if entry(ckpt_id) is not None:
             return gr.update()  # registry checkpoints are made for the preset's classes
         rows = fmt.table_rows(table) if table is not None else []
-        if [n.casefold() for n, _ in rows] == [c.casefold() for c in ckpt.class_names]:
+        if same_classes([n for n, _ in rows], ckpt.class_names):
             return gr.update()
         setup = self.services.setup(ckpt.preset, ckpt.class_names, dict(rows) or None)
         gr.Info("The class table now holds the checkpoint's classes.")
@@ -466,8 +466,8 @@ class PredictController:
         """
         req = self._api_request(image, preset, checkpoint, classes, descriptions, frame)
         target = " ".join((target or "").split())
-        by_key = {c.casefold(): c for c in req.setup.class_names}
-        target_class, phrase = (by_key[target.casefold()], None) if target.casefold() in by_key else (None, target)
+        by_key = {class_key(c): c for c in req.setup.class_names}
+        target_class, phrase = (by_key[class_key(target)], None) if class_key(target) in by_key else (None, target)
         expl = self.run_explain(req, (method or "gradcam").strip().lower(), target_class, phrase)
         return overlay(expl, DEFAULT_ALPHA if alpha is None else float(alpha)), fmt.explanation_info(expl)
 

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from .descriptions import same_classes
+
 log = logging.getLogger("dpt_core")
 
 
@@ -138,7 +140,7 @@ def cmd_train(args) -> int:
     setup = _setup(args, None, protocol)
     backbone = _backbone(args)
     class_names, records = _load_data(args, setup.class_names, "train")
-    if [c.casefold() for c in class_names] != [c.casefold() for c in setup.class_names]:
+    if not same_classes(class_names, setup.class_names):
         print(f"warning: training on the data's classes {class_names}, not the preset's", file=sys.stderr)
     base_ids, novel_ids = base_novel_split(len(class_names)) if protocol == "base2novel" else (list(range(len(class_names))), [])
     train_records = few_shot([r for r in records if r.label in base_ids], args.shots, args.seed)
@@ -240,7 +242,7 @@ def cmd_evaluate(args) -> int:
     setup = _setup(args, ckpt)
     backbone = _backbone(args, ckpt)
     class_names, records = _load_data(args, setup.class_names, args.split)
-    if [n.casefold() for n in class_names] != [n.casefold() for n in setup.class_names]:
+    if not same_classes(class_names, setup.class_names):
         raise CLIError(f"the data's classes {class_names} do not match {setup.class_names}")
     model = ckpt.build_model(backbone, setup.class_names) if ckpt else zero_shot_model(backbone, setup)
     weights = LossWeights(

@@ -31,6 +31,11 @@ def class_key(name: str) -> str:
     return " ".join(str(name).replace("_", " ").split()).casefold()
 
 
+def same_classes(a: Sequence[str], b: Sequence[str]) -> bool:
+    """Whether two class lists name the same classes in the same order (matched by ``class_key``)."""
+    return [class_key(n) for n in a] == [class_key(n) for n in b]
+
+
 def load_bank(preset: str) -> Descriptions:
     """The shipped expert description bank of a preset ({} if there is none); a fresh copy each call."""
     return {cls: list(sentences) for cls, sentences in _shipped_bank(preset.lower())}

@@ -601,3 +601,8 @@ def test_example_predictions_are_cached_lazily_uploads_never(tiny, tmp_path):
     ctl.on_predict(str(example), 0, "kvasir", ZERO_SHOT, ctl.preset_table("kvasir"), None)
     ctl.on_predict(str(example), 0, "kvasir", ZERO_SHOT, ctl.preset_table("kvasir"), None)
     assert model_calls == ["_predict"] * 6  # another preset is another entry
+
+
+def test_api_explain_matches_class_names_like_the_rest_of_the_app(ctl, ct_path):
+    _, info = ctl.api_explain(ct_path, "btmri", "Normal_Brain")  # underscores and case, as in folder names
+    assert info["target"] == "normal brain"
