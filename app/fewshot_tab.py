@@ -556,7 +556,9 @@ def _wire(ui: _Ui, services: Services, session: gr.State, predict: Any, tabs: gr
         **PRIVATE)
     ui.stop.click(_stop, None, ui.status, concurrency_limit=None, show_progress="hidden", **PRIVATE)
 
-    ui.use.click(lambda state, last: use_in_predict(state, last, predict),
-                 [session, ui.last], [session, predict.preset, predict.checkpoint, tabs], **PRIVATE)
+    use = ui.use.click(lambda state, last: use_in_predict(state, last, predict),
+                       [session, ui.last], [session, predict.preset, predict.checkpoint, tabs], **PRIVATE)
+    if predict.use_checkpoint is not None:
+        predict.use_checkpoint(use)  # the checkpoint's classes into the table, old results cleared
     ui.description.blur(on_description, [ui.last, ui.description], ui.download, show_progress="hidden", **PRIVATE)
     ui.push.click(push, [ui.last, ui.repo, ui.token, ui.private], ui.push_msg, **PRIVATE)

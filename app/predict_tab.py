@@ -217,12 +217,19 @@ class PredictController:
         """Label, sources, modality note, plot, contributions table, overlay, caption, states."""
         return (None, None, "", None, None, None, "", None, None)
 
-    def on_example(self, examples: list[dict[str, Any]], preset: str | None,
-                   evt: gr.SelectData) -> tuple[str, str | None]:
-        """A gallery click: its DICOM original when there is one, and its suggested preset."""
+    def on_example(self, examples: list[dict[str, Any]], preset: str | None, state: dict | None, table: Any,
+                   checkpoint: str | None, evt: gr.SelectData) -> tuple:
+        """A gallery click: its DICOM original when there is one, and its suggested preset.
+
+        Preset listeners react to user input only (so that programmatic updates cannot race
+        each other), hence a preset changed here brings its classes and checkpoints itself.
+        """
         example = examples[int(evt.index)]
         file = example.get("dicom") or example["file"]
-        return str(EXAMPLES_DIR / file), example.get("suggested_preset") or preset
+        new_preset = example.get("suggested_preset") or preset
+        if new_preset == preset:
+            return (str(EXAMPLES_DIR / file), gr.update(), *([gr.update()] * 5))
+        return (str(EXAMPLES_DIR / file), new_preset, *self.on_preset(new_preset, state, table, checkpoint))
 
     # -------------------------------------------------------------- classes
     @user_errors("change the preset")
@@ -313,7 +320,22 @@ class PredictController:
             return gr.update(), gr.update(value=ZERO_SHOT)
         return table_update, gr.update()
 
-    def table_for_checkpoint(self, ckpt_id: str, preset: str | None, table: Any) -> Any:
+    @user_errors("use the checkpoint")
+    def on_use_checkpoint(self, preset: str | None, checkpoint: str | None, state: dict | None) -> tuple:
+        """After the Few-shot tab picked a preset and a trained checkpoint: the checkpoint's classes
+        (the preset's descriptions where they match), the preset's note and class editor.
+
+        Runs as the follow-up of "Use in Predict" with the values that event set, so it does not
+        depend on which tab state Predict was in (another preset, another checkpoint, an edited table).
+        """
+        table = self.preset_table(preset, None)
+        ckpt_id = self.checkpoint_id(checkpoint, state)
+        if ckpt_id is not None:
+            update = self.table_for_checkpoint(ckpt_id, preset, table, quiet=True)
+            table = update if isinstance(update, pd.DataFrame) else table
+        return (table, preset_markdown(preset), *self.class_editor(table, None))
+
+    def table_for_checkpoint(self, ckpt_id: str, preset: str | None, table: Any, quiet: bool = False) -> Any:
         """The class table to use with a checkpoint: unchanged, or the checkpoint's own classes."""
         ckpt = self.services.load_checkpoint(ckpt_id, None if preset == CUSTOM else preset)
         if entry(ckpt_id) is not None:
@@ -322,7 +344,8 @@ class PredictController:
         if same_classes([n for n, _ in rows], ckpt.class_names):
             return gr.update()
         setup = self.services.setup(ckpt.preset, ckpt.class_names, dict(rows) or None)
-        gr.Info("The class table now holds the checkpoint's classes.")
+        if not quiet:
+            gr.Info("The class table now holds the checkpoint's classes.")
         return fmt.class_table(setup.class_names, setup.descriptions)
 
     # -------------------------------------------------------------- prediction
@@ -480,6 +503,8 @@ class PredictHandles:
 
     preset: gr.Dropdown
     checkpoint: gr.Dropdown
+    # Wire ``event.then(use_checkpoint...)`` after setting preset and checkpoint from another tab.
+    use_checkpoint: Callable[[Any], Any] | None = None
     # (preset, session state, value=None) -> gr.update for ``checkpoint``; the Few-shot tab uses it.
     checkpoint_update: Callable[..., dict] = checkpoint_update
 
@@ -508,7 +533,7 @@ def create_predict_tab(services: Services, session: gr.State) -> PredictHandles:
             preset = gr.Dropdown(preset_choices(), value=DEFAULT_PRESET, label="Modality preset", elem_id="preset")
             preset_info = gr.Markdown(preset_markdown(DEFAULT_PRESET))
             checkpoint = gr.Dropdown(checkpoint_choices(DEFAULT_PRESET, None), value=ZERO_SHOT,
-                                     allow_custom_value=True, label="Prompt checkpoint",
+                                     allow_custom_value=True, label="Prompt checkpoint", elem_id="checkpoint",
                                      info="Registry checkpoints need the network; any hf-hub: id can be typed.")
             initial = ctl.preset_table(DEFAULT_PRESET)
             table = gr.Dataframe(
@@ -583,10 +608,22 @@ def create_predict_tab(services: Services, session: gr.State) -> PredictHandles:
 
     image.change(ctl.on_upload, [image], [frame, preview, image_info, *results], **private)
     frame.release(ctl.on_frame, [image, frame], [preview, image_info, *results], **private)
-    gallery.select(ctl.on_example, [examples_state, preset], [image, preset], **private)
-    preset.change(ctl.on_preset, [preset, session, table, checkpoint],
-                  [table, checkpoint, preset_info, gen_class, desc_box], **private)
-    checkpoint.change(ctl.on_checkpoint, [checkpoint, preset, table, session], [table, checkpoint], **private)
+    preset_outputs = [table, checkpoint, preset_info, gen_class, desc_box]
+    gallery.select(ctl.on_example, [examples_state, preset, session, table, checkpoint],
+                   [image, preset, *preset_outputs], **private)
+    # .input, not .change: only the user's own choice triggers these. Programmatic updates
+    # (an example click, "Use in Predict") bring everything they change in one handler, so
+    # no two events race over the table and the checkpoint.
+    preset.input(ctl.on_preset, [preset, session, table, checkpoint], preset_outputs, **private)
+    checkpoint.input(ctl.on_checkpoint, [checkpoint, preset, table, session], [table, checkpoint], **private)
+    for control in (preset, checkpoint):
+        control.input(ctl.cleared_results, None, results, show_progress="hidden", **private)
+
+    def use_checkpoint(event: Any) -> Any:
+        return event.success(ctl.on_use_checkpoint, [preset, checkpoint, session],
+                             [table, preset_info, gen_class, desc_box], **private).then(
+            ctl.cleared_results, None, results, show_progress="hidden", **private)
+
     reset_btn.click(ctl.on_reset, [preset], [table, gen_class, desc_box], **private)
     table.change(ctl.on_table_edit, [table, gen_class], [gen_class], show_progress="hidden", **private)
     gen_class.change(ctl.on_class_pick, [table, gen_class], [desc_box], show_progress="hidden", **private)
@@ -603,7 +640,7 @@ def create_predict_tab(services: Services, session: gr.State) -> PredictHandles:
     alpha.release(ctl.on_alpha, [alpha, expl_state], [overlay_img], **private)
 
     _api_endpoints(ctl)
-    return PredictHandles(preset, checkpoint)
+    return PredictHandles(preset, checkpoint, use_checkpoint)
 
 
 def _api_endpoints(ctl: PredictController) -> None:
