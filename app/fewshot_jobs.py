@@ -1,38 +1,20 @@
-"""Few-shot adaptation without Gradio: upload checks, zip import, the training job, export.
+"""Few-shot adaptation in the app: upload checks, zip import, the training job, export.
 
-Everything here is plain Python over ``dpt_core`` (data flow B of the design); the tab in
-``app/fewshot_tab.py`` only wires it to components. ``FewShotError`` messages are written
-for the person in front of the UI: short, no stack trace, no server paths.
+Plain Python over ``dpt_core`` (data flow B of the design); the tab in ``app/fewshot_tab.py``
+only wires it to components. The run itself (phases, settings, held-out check) is
+``dpt_core.fewshot``, which ``python -m dpt_core train --holdout`` runs too; this module
+carries its progress and Stop through a ``Channel`` (``app.job_channel``).
+``FewShotError`` messages are written for the person in front of the UI: short, no stack
+trace, no server paths.
 
 Privacy: decoded images and their features exist only in memory while a training runs;
 files (zip imports, checkpoints, export zips) go under the session's folder, which the app
 deletes when the session ends. A checkpoint holds prompt tensors only (see ``tensor_names``).
-
-Defaults and rules, and why:
-
-- Held-out check: when every class has at least ``HELDOUT_MIN_PER_CLASS`` (4) images, a
-  quarter of each class (at least one image) is held out, never trained on, and both the
-  adapted and the zero-shot prompt are scored on it. Below 4 the held-out set would be one
-  image per class taken from three or fewer, which removes a third of the training data to
-  measure almost nothing; then everything is trained on and no accuracy is shown, because
-  accuracy on training images is not a test.
-- Training: fast mode (image features of ``views`` augmented crops cached once, so a step
-  runs only the text tower), the paper's batch 4 and learning rate, fewer epochs than the
-  paper's 100 so that 4 classes x 8 images take about a minute on a small CPU with the
-  full-size model (measured costs at ``CPU_DEFAULTS``); more on a GPU, where it is cheap.
-- Image features are computed once with eval preprocessing for all images; the training
-  part feeds the ranked teacher and the first training view, and the held-out part serves
-  both the adapted and the zero-shot check, so no image is encoded twice.
-- A run is three kinds of call - ``prepare_run``, ``train_slice`` (as many as needed),
-  ``finish_run`` - with picklable data in between and a ``Channel`` for progress and Stop,
-  so that on ZeroGPU each is one GPU call that fits its slot (``app.device``); elsewhere
-  they are plain calls. ``run_fewshot`` strings them together.
 """
 from __future__ import annotations
 
 import contextvars
 import logging
-import math
 import os
 import re
 import shutil
@@ -42,57 +24,50 @@ import uuid
 import zipfile
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
 import torch
 from PIL import Image
 
+from dpt_core import fewshot
 from dpt_core.backbone import Backbone
 from dpt_core.checkpoint import CheckpointError, read_folder, write_checkpoint
 from dpt_core.data import LabelledImages
 from dpt_core.descriptions import class_key
-from dpt_core.evaluate import Evaluation
-from dpt_core.features import encode_images
+from dpt_core.errors import FewShotError, TrainingStopped
+from dpt_core.fewshot import (  # noqa: F401  (the app's names for the run's pieces)
+    CPU_DEFAULTS,
+    DEFAULT_BATCH,
+    DEFAULT_EPOCHS,
+    DEFAULT_LR,
+    DEFAULT_VIEWS,
+    GPU_DEFAULTS,
+    HELDOUT_FRACTION,
+    HELDOUT_MIN_PER_CLASS,
+    FewShotResult,
+    HeldOutCheck,
+    Phases,
+    Prepared,
+    TrainSettings,
+    finish_run,
+    in_process,
+    no_check_reason,
+    plan_holdout,
+    prepare_run,
+    train_slice,
+)
 from dpt_core.hub import HubError, push_folder, valid_repo_id
 from dpt_core.imageio import ImageLoadError, load_image
-from dpt_core.losses import LossWeights
 from dpt_core.predictor import check_class_names
-from dpt_core.teacher import TEACHER_MODES, Teacher
-from dpt_core.train import FitState, StepInfo, TrainConfig, finish_fit, fit_epochs
-from dpt_core.visual import LAYOUTS, VisualPromptConfig
-from dpt_core.workflow import (
-    ClassSetup,
-    TrainOutcome,
-    evaluate_on,
-    holdout_split,
-    prepare_training,
-    save_trained,
-    zero_shot_model,
-)
+from dpt_core.workflow import ClassSetup
 
 from .job_channel import Channel, MemoryChannel, Status
 
 log = logging.getLogger(__name__)
 
 MAX_SHORT_SIDE = 800  # uploads for training are reduced to this (see ``bounded``)
-HELDOUT_MIN_PER_CLASS = 4  # every class needs this many images for a held-out check
-HELDOUT_FRACTION = 0.25  # share of each class held out (at least one image)
-DEFAULT_BATCH = 4  # the paper's batch size
-DEFAULT_LR = 0.0025  # the paper's learning rate
-# (epochs, views) by device. CPU: "about a minute" for 4 classes x 8 images with the full-size
-# model. Measured on a 2-core CPU with random-weight ViT-B/16 and BERT-base towers (same shapes
-# as BiomedCLIP; best of several runs on a shared machine): 0.36 s per image forward, 0.39 s per
-# training step (4 prompts of ~14 word-pieces, forward + backward). With 6 training + 2 held-out
-# images per class: 32 eval features (~12 s, reused as the first view) + 1 augmented view x 24
-# training images (~9 s) + 15 epochs x 6 steps (~35 s) = ~56 s, plus ~8 s the first time a
-# preset's ~150 teacher sentences are encoded (bench/bench_app.py measures it).
-# GPU: the paper's recipe costs seconds there, so keep more of it.
-CPU_DEFAULTS = (15, 2)
-GPU_DEFAULTS = (50, 4)
-DEFAULT_EPOCHS, DEFAULT_VIEWS = CPU_DEFAULTS
 DEFAULT_SETTINGS_NOTE = (
     "Defaults: fast mode (image features of a few augmented views cached once), batch 4 and learning "
     "rate 0.0025 as in the paper, but fewer epochs than its 100: on a CPU 15 epochs x 2 views (4 classes "
@@ -101,14 +76,6 @@ DEFAULT_SETTINGS_NOTE = (
 )
 _READ_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError, RuntimeError)
 _JUNK_NAMES = {"thumbs.db", "desktop.ini"}
-
-
-class FewShotError(ValueError):
-    """Bad input or a failed step; ``str(err)`` is safe to show in the UI as is."""
-
-
-class TrainingStopped(RuntimeError):
-    """The user stopped before anything was trained (nothing was saved)."""
 
 
 @dataclass(frozen=True)
@@ -412,230 +379,9 @@ def _safe_name(filename: str) -> str:
     return re.sub(r"[^\w.\-]+", "_", base)[-80:] or "image"
 
 
-# --------------------------------------------------------------------------- training settings
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """What the Advanced accordion sets; ``from_setup`` gives the defaults for a class setup."""
-
-    epochs: int = DEFAULT_EPOCHS
-    views: int = DEFAULT_VIEWS
-    lr: float = DEFAULT_LR
-    batch_size: int = DEFAULT_BATCH
-    l1: float = 0.0
-    kl: float = 0.0
-    teacher: str = "mean"
-    layout: str = "reference"
-    seed: int = 1
-
-    @classmethod
-    def from_setup(cls, setup: ClassSetup, gpu: bool = False, **overrides) -> TrainSettings:
-        epochs, views = GPU_DEFAULTS if gpu else CPU_DEFAULTS
-        base = cls(epochs=epochs, views=views, l1=setup.loss_weights.l1, kl=setup.loss_weights.kl)
-        return replace(base, **overrides)
-
-    def checked(self) -> TrainSettings:
-        """Coerced to the right types and checked; problems become one readable message."""
-        try:
-            s = replace(self, epochs=int(self.epochs), views=int(self.views), lr=float(self.lr),
-                        batch_size=int(self.batch_size), l1=float(self.l1), kl=float(self.kl), seed=int(self.seed))
-        except (TypeError, ValueError):
-            raise FewShotError("Advanced settings: every field needs a number.") from None
-        problems = []
-        if not 1 <= s.epochs <= 200:
-            problems.append("epochs must be between 1 and 200")
-        if not 1 <= s.views <= 16:
-            problems.append("views per image must be between 1 and 16")
-        if not 0 < s.lr <= 1 or not math.isfinite(s.lr):
-            problems.append("the learning rate must be above 0 and at most 1")
-        if s.l1 < 0 or s.kl < 0 or not (math.isfinite(s.l1) and math.isfinite(s.kl)):
-            problems.append("loss weights must be 0 or more")
-        if s.teacher not in TEACHER_MODES:
-            problems.append(f"teacher must be one of {', '.join(TEACHER_MODES)}")
-        if s.layout not in LAYOUTS:
-            problems.append(f"visual prompt layout must be one of {', '.join(LAYOUTS)}")
-        if problems:
-            raise FewShotError("Advanced settings: " + "; ".join(problems) + ".")
-        return s
-
-    def train_config(self) -> TrainConfig:
-        # center_view: view 0 is the centre crop whose features the held-out check needs anyway,
-        # so "2 views" costs one augmented image pass, not two.
-        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, mode="fast",
-                           views=self.views, center_view=True, seed=self.seed,
-                           loss_weights=LossWeights(self.l1, self.kl))
-
-    def visual(self) -> VisualPromptConfig:
-        return VisualPromptConfig(layout=self.layout)
-
-
-# --------------------------------------------------------------------------- the training run
+# --------------------------------------------------------------------------- the training run (dpt_core.fewshot)
 
 Reporter = Callable[[Status], None]
-
-
-@dataclass
-class HeldOutCheck:
-    """Adapted vs zero-shot prompt on the same held-out images (never trained on)."""
-
-    adapted: Evaluation
-    zero_shot: Evaluation
-
-    @property
-    def n_images(self) -> int:
-        return self.adapted.n
-
-    @property
-    def per_class_counts(self) -> list[int]:
-        return [sum(row) for row in self.adapted.confusion_matrix]  # rows: true class
-
-
-@dataclass
-class FewShotResult:
-    folder: Path
-    class_names: list[str]
-    preset: str | None
-    n_images: int
-    n_train: int
-    settings: TrainSettings
-    history: list[dict]
-    stopped: bool
-    check: HeldOutCheck | None
-    no_check_reason: str  # why there is no held-out check ("" when there is one)
-    timings: dict[str, float]
-    random_weights: bool
-
-    @property
-    def epochs_completed(self) -> int:
-        return len(self.history)
-
-
-def plan_holdout(labels: torch.Tensor, seed: int = 0) -> tuple[list[int], list[int]] | None:
-    """(train idx, held-out idx) when every class has >= HELDOUT_MIN_PER_CLASS images, else None."""
-    return holdout_split(labels, HELDOUT_FRACTION, HELDOUT_MIN_PER_CLASS, seed)
-
-
-def no_check_reason(labels: torch.Tensor, class_names: Sequence[str]) -> str:
-    counts = torch.bincount(labels, minlength=len(class_names)).tolist()
-    fewest = min(range(len(counts)), key=counts.__getitem__)
-    return (f"No held-out check: that needs at least {HELDOUT_MIN_PER_CLASS} images in every class "
-            f"(fewest: {counts[fewest]} for '{class_names[fewest]}'). The prompt was trained on all "
-            f"{len(labels)} images. No accuracy is shown, because accuracy on the training images is not a test.")
-
-
-class _StepTracker:
-    """Turns fit's per-step callbacks into Status snapshots (the plot reads the completed epochs)."""
-
-    def __init__(self, report: Reporter, started: float):
-        self.report, self.started = report, started  # started: time.time() (calls may be in other processes)
-
-    def __call__(self, info: StepInfo) -> None:
-        done = info.epoch * info.steps_per_epoch + info.step + 1
-        total = info.epochs * info.steps_per_epoch
-        elapsed = time.time() - self.started
-        text = (f"Training: epoch {info.epoch + 1}/{info.epochs}, step {info.step + 1}/{info.steps_per_epoch} "
-                f"- loss {info.loss['total']:.3f} - {elapsed:.0f} s")
-        self.report(Status("training", text, done / total, info.history, elapsed))
-
-
-@dataclass
-class Prepared:
-    """What the first call of a run hands to the later ones. CPU tensors only: it pickles."""
-
-    features: torch.Tensor  # [N, E] centre-crop features of every image, computed once
-    labels: torch.Tensor  # [N]
-    train_idx: list[int]
-    held_idx: list[int]
-    train: LabelledImages  # the training part without its pixels: the views' features are in the fit state
-    teacher: Teacher
-    state: FitState | None  # the started fit; the run takes it out (it travels on its own)
-    started: float  # time.time() when the run started
-    timings: dict[str, float]
-
-
-def prepare_run(backbone: Backbone, setup: ClassSetup, data: LabelledImages, settings: TrainSettings,
-                channel: Channel) -> Prepared:
-    """First call: encode every image once, split, build the teacher, cache the augmented views."""
-    started = time.time()
-    settings = settings.checked()
-    zero = zero_shot_model(backbone, setup, settings.visual())
-    channel.report(Status("encoding", f"Encoding {len(data)} images...", elapsed_s=time.time() - started))
-    t = time.perf_counter()
-    try:
-        feats = encode_images(zero, data.images, should_stop=channel.stop_requested)  # eval preprocessing, once
-    except InterruptedError:
-        raise TrainingStopped("Stopped before training started; nothing was saved.") from None
-    timings = {"encode_s": time.perf_counter() - t}
-    split = plan_holdout(data.labels, settings.seed)
-    train_idx, held_idx = split if split else (list(range(len(data))), [])
-    channel.report(Status("views", f"Preparing {settings.views} augmented view(s) of {len(train_idx)} training "
-                                   "images...", elapsed_s=time.time() - started))
-    train = data.subset(train_idx)
-    _, teacher, state = prepare_training(backbone, setup, train, settings.train_config(), settings.teacher,
-                                         settings.visual(), channel.stop_requested, feats[train_idx])
-    timings["views_s"] = state.feature_seconds
-    return Prepared(feats.cpu(), data.labels, train_idx, held_idx, train.labels_only(), teacher.to("cpu"), state,
-                    started, timings)
-
-
-def train_slice(backbone: Backbone, setup: ClassSetup, settings: TrainSettings, prepared: Prepared,
-                state: FitState, budget_s: float | None, channel: Channel) -> FitState:
-    """One call's share of the epochs (all of them when ``budget_s`` is None)."""
-    settings = settings.checked()
-    model = zero_shot_model(backbone, setup, settings.visual())
-    return fit_epochs(model, prepared.train, prepared.teacher.to(backbone.device), settings.train_config(), state,
-                      on_step=_StepTracker(channel.report, prepared.started),
-                      should_stop=channel.stop_requested, budget_s=budget_s)
-
-
-def finish_run(backbone: Backbone, setup: ClassSetup, settings: TrainSettings, prepared: Prepared,
-               state: FitState, out_dir: str | Path, data_description: str, channel: Channel) -> FewShotResult:
-    """Last call: the kept context, the held-out check against the zero-shot prompt, the checkpoint."""
-    settings = settings.checked()
-    config = settings.train_config()
-    model = zero_shot_model(backbone, setup, settings.visual())
-    fit_result = finish_fit(model, state)
-    teacher = prepared.teacher.to(backbone.device)
-    timings = dict(prepared.timings)
-    check = None
-    if prepared.held_idx:
-        channel.report(Status("checking", "Held-out check...", 1.0, elapsed_s=time.time() - prepared.started))
-        t = time.perf_counter()
-        held_feats = prepared.features[prepared.held_idx].to(backbone.device)
-        held_labels = prepared.labels[prepared.held_idx]
-        zero = zero_shot_model(backbone, setup, settings.visual())
-        check = HeldOutCheck(
-            adapted=evaluate_on(model, held_feats, held_labels, teacher, config.loss_weights),
-            zero_shot=evaluate_on(zero, held_feats, held_labels, teacher, config.loss_weights),
-        )
-        timings["check_s"] = time.perf_counter() - t
-    reason = "" if check else no_check_reason(prepared.labels, setup.class_names)
-    channel.report(Status("saving", "Saving the checkpoint...", 1.0, elapsed_s=time.time() - prepared.started))
-    outcome = TrainOutcome(model, teacher, fit_result, len(prepared.train_idx))
-    folder = save_trained(out_dir, outcome, setup, config,
-                          _metrics(check, reason, fit_result.stopped, len(fit_result.history)),
-                          data_description=data_description.strip())
-    return FewShotResult(
-        folder=Path(folder), class_names=list(setup.class_names),
-        preset=setup.preset.name if setup.preset else None, n_images=len(prepared.labels),
-        n_train=len(prepared.train_idx), settings=settings, history=list(fit_result.history),
-        stopped=fit_result.stopped, check=check, no_check_reason=reason, timings=timings,
-        random_weights=bool(backbone.random_weights),
-    )
-
-
-@dataclass(frozen=True)
-class Phases:
-    """The three calls of a run, each bound to where it runs (see ``in_process`` and ``app.device``)."""
-
-    prepare: Callable[[ClassSetup, LabelledImages, TrainSettings, Channel], Prepared]
-    train: Callable[[ClassSetup, TrainSettings, Prepared, FitState, float | None, Channel], FitState]
-    finish: Callable[[ClassSetup, TrainSettings, Prepared, FitState, Path, str, Channel], FewShotResult]
-
-
-def in_process(backbone: Backbone) -> Phases:
-    """The three calls as plain calls in this process."""
-    return Phases(partial(prepare_run, backbone), partial(train_slice, backbone), partial(finish_run, backbone))
 
 
 def run_fewshot(
@@ -648,57 +394,10 @@ def run_fewshot(
     channel: Channel | None = None,
     slice_s: float | None = None,
 ) -> FewShotResult:
-    """Encode once, split, train, check against the zero-shot prompt, save the checkpoint.
-
-    ``where``: a backbone (everything in this process) or ``Phases`` (e.g. GPU calls).
-    ``slice_s``: seconds of training per call (None: all epochs in one call); the
-    result is the same however the epochs are cut (``dpt_core.train.fit_epochs``).
-    """
-    phases = where if isinstance(where, Phases) else in_process(where)
+    """``dpt_core.fewshot.run_fewshot`` with its progress and stop carried by a ``Channel``."""
     channel = channel or MemoryChannel()
-    settings = settings.checked()
-    start = time.perf_counter()
-    prepared = phases.prepare(setup, data, settings, channel)
-    state, prepared = prepared.state, replace(prepared, state=None)  # the views are not sent twice per call
-    t = time.perf_counter()
-    calls = 0
-    while not state.finished:
-        state = phases.train(setup, settings, prepared, state, slice_s, channel)
-        calls += 1
-    fit_s = time.perf_counter() - t  # the epochs only: the views are cached in the preparation
-    result = phases.finish(setup, settings, prepared, state, out_dir, data_description, channel)
-    result.timings.update(fit_s=fit_s, total_s=time.perf_counter() - start, training_calls=calls)
-    log.info("few-shot training: %d images, %d epochs in %d call(s), %.1f s (encode %.1f, epochs %.1f)",
-             result.n_images, result.epochs_completed, calls, result.timings["total_s"],
-             result.timings["encode_s"], fit_s)
-    return result
-
-
-def _metrics(check: HeldOutCheck | None, reason: str, stopped: bool, epochs_done: int = 1) -> dict:
-    """What the model card reports, with its caveats spelled out."""
-    caveat = ("Few-shot result from a handful of images uploaded in one session; not a clinical "
-              "validation. Accuracy on so few images changes by a large step with each image.")
-    if stopped and epochs_done == 0:
-        caveat += (" Training was stopped before its first epoch completed: the prompt is the untrained "
-                   "(zero-shot) clinical template.")
-    elif stopped:
-        caveat += " Training was stopped early; the best completed epoch (lowest mean loss) was kept."
-    if check is None:
-        return {"heldout_check": reason, "caveat": caveat}
-    return {
-        "heldout_images": check.n_images,
-        "heldout_rule": f"{HELDOUT_FRACTION:.0%} of each class (at least one image) held out when every class "
-                        f"has >= {HELDOUT_MIN_PER_CLASS} images",
-        "heldout_accuracy": round(check.adapted.accuracy, 4),
-        "zero_shot_heldout_accuracy": round(check.zero_shot.accuracy, 4),
-        "heldout_per_class": _rounded(check.adapted.per_class),
-        "zero_shot_heldout_per_class": _rounded(check.zero_shot.per_class),
-        "caveat": caveat,
-    }
-
-
-def _rounded(per_class: dict[str, float | None]) -> dict[str, float | None]:
-    return {k: (None if v is None else round(v, 4)) for k, v in per_class.items()}
+    return fewshot.run_fewshot(where, setup, data, settings, out_dir, data_description, channel.report,
+                               channel.stop_requested, slice_s)
 
 
 # --------------------------------------------------------------------------- jobs: thread, stop, one at a time

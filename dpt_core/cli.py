@@ -153,6 +153,10 @@ def cmd_train(args) -> int:
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                          mode="exact" if args.exact else "fast", views=args.views, loss_weights=weights)
     data = LabelledImages.from_records(train_records, setup.class_names)
+    if args.holdout is not None:  # the app's few-shot run, with its held-out check (dpt_core.fewshot)
+        from .cli_fewshot import train_with_holdout
+
+        return train_with_holdout(args, backbone, setup, data, weights)
     print(f"training on {len(data)} images of {len(setup.class_names)} classes ({config.mode} mode)", file=sys.stderr)
 
     def on_step(info):
@@ -174,7 +178,10 @@ def cmd_train(args) -> int:
                        data_description=f"{description} ({len(data)} training images, {args.shots} shots per class, "
                                         f"from {Path(args.data).name}.)",
                        protocol=protocol, training_extra={"shots": args.shots, "data": Path(args.data).name})
-    print(str(out))
+    if args.json:
+        _print_json({"checkpoint": str(out), "holdout": None})
+    else:
+        print(str(out))
     return 0
 
 
@@ -348,6 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--l1", type=float, help="override lambda_L1")
     sp.add_argument("--kl", type=float, help="override lambda_KL")
     sp.add_argument("--visual-layout", choices=["reference", "insert"], default="reference")
+    sp.add_argument("--holdout", type=float, default=None, metavar="F",
+                    help="the app's few-shot run: hold out a share F of each class (e.g. 0.25) and compare "
+                         "the adapted prompt with the zero-shot one on it")
+    sp.add_argument("--json", action="store_true", help="with --holdout: print the checkpoint and the check as JSON")
     sp.add_argument("--data-description", help="what the training images are (source, licence, population); "
                                                "goes into the model card")
     sp.set_defaults(func=cmd_train)
