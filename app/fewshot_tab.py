@@ -62,6 +62,7 @@ from .fewshot_jobs import (
     summarize_card,
     zip_checkpoint,
 )
+from .errors import shown_beside, user_message
 from .formatting import clip_message, escape
 from .job_channel import FileChannel
 from .services import CUSTOM, Services
@@ -127,6 +128,9 @@ class _Ui:
     private: gr.Checkbox
     push: gr.Button
     push_msg: gr.Markdown
+    train_msg: gr.Markdown
+    zip_msg: gr.Markdown
+    push_err: gr.Markdown
     pending: gr.State
     last: gr.State
 
@@ -348,13 +352,11 @@ def _finish(job: TrainingJob[FewShotResult], ui: _Ui) -> dict:
     err = job.error
     if isinstance(err, TrainingStopped):
         return {ui.status: f"**Stopped.** {escape(err)}"}
-    if isinstance(err, (FewShotError, ValueError)):
-        raise _error(str(err), "Training failed")
     if err is not None:
-        # Type only at ERROR: decoder messages can quote file contents; the traceback is for debugging.
-        log.error("few-shot training failed: %s", type(err).__name__)
-        log.debug("few-shot training failed", exc_info=err)
-        raise _error("Training failed unexpectedly; the server log has the details.", "Training failed")
+        # A message in the status line (and a toast), never an error badge over the outputs.
+        text = user_message(err, "train") if not isinstance(err, FewShotError) else escape(clip_message(str(err)))
+        gr.Warning(text)
+        return {ui.status: f"**Training failed.** {text}"}
     r = job.result
     archive = zip_checkpoint(r.folder)
     last = {"label": checkpoint_label(r), "folder": str(r.folder), "zip": str(archive), "preset": r.preset}
@@ -458,6 +460,7 @@ def _build(services: Services) -> _Ui:
                     "With *Custom classes* and an empty class list, the folders become the classes.")
         zip_file = gr.File(label="Zip", file_types=[".zip"], type="filepath", elem_id="fewshot-zip")
         zip_report = gr.Markdown()
+        zip_msg = gr.Markdown(elem_id="fewshot-zip-msg")
     names = load_preset(DEFAULT_PRESET).classes
     cards, headers, files, galleries, counts = [], [], [], [], []
     with gr.Row(equal_height=False):
@@ -491,6 +494,7 @@ def _build(services: Services) -> _Ui:
     with gr.Row():
         train = gr.Button("Train", variant="primary", interactive=False, elem_id="fewshot-train")
         stop_btn = gr.Button("Stop", variant="stop", elem_id="fewshot-stop")
+    train_msg = gr.Markdown(elem_id="fewshot-msg")  # why Train could not start
     status = gr.Markdown(elem_id="fewshot-status")
     plot = gr.LinePlot(None, x="epoch", y="loss", color="part", title="Mean loss per epoch", height=260,
                        visible=False, elem_id="fewshot-loss")
@@ -512,13 +516,14 @@ def _build(services: Services) -> _Ui:
                 gr.LoginButton()  # Spaces OAuth: the token arrives as a gr.OAuthToken parameter
             push_btn = gr.Button("Push")
             push_msg = gr.Markdown()
+            push_err = gr.Markdown(elem_id="fewshot-push-msg")
     return _Ui(
         preset=preset, classes=classes, classes_msg=classes_msg, zip_file=zip_file, zip_report=zip_report,
         cards=cards, headers=headers, files=files, galleries=galleries, counts=counts, description=description,
         consent=consent, epochs=epochs, views=views, lr=lr, l1=l1, kl=kl, teacher=teacher, layout=layout,
         seed=seed, train=train, stop=stop_btn, status=status, plot=plot, result=result, summary=summary,
         per_class=per_class, confusion=confusion, use=use, download=download, repo=repo, token=token,
-        private=private, push=push_btn, push_msg=push_msg,
+        private=private, push=push_btn, push_msg=push_msg, train_msg=train_msg, zip_msg=zip_msg, push_err=push_err,
         pending=gr.State(None, time_to_live=PENDING_TTL_S),  # validated images, memory only
         last=gr.State(None),  # the last result: label, folder, zip path, preset (strings only)
     )
@@ -530,8 +535,9 @@ def _wire(ui: _Ui, services: Services, session: gr.State, predict: Any, tabs: gr
                       **PRIVATE)
     for f, g, c in zip(ui.files, ui.galleries, ui.counts):
         f.change(on_files, f, [g, c], show_progress="minimal", **PRIVATE)
-    ui.zip_file.upload(on_zip, [session, ui.zip_file, ui.preset, ui.classes],
-                       [session, ui.classes, *ui.files, ui.zip_report], **PRIVATE)
+    zip_outputs = [session, ui.classes, *ui.files, ui.zip_report]
+    ui.zip_file.upload(shown_beside(on_zip, len(zip_outputs), "import the zip"),
+                       [session, ui.zip_file, ui.preset, ui.classes], [*zip_outputs, ui.zip_msg], **PRIVATE)
     ui.consent.change(lambda ok: gr.update(interactive=bool(ok)), ui.consent, ui.train, show_progress="hidden",
                       **PRIVATE)
 
@@ -543,13 +549,18 @@ def _wire(ui: _Ui, services: Services, session: gr.State, predict: Any, tabs: gr
         return prepare(state, services, *settings, files=files, session_key=_session_key(request))
 
     def _train(request: gr.Request, state, pending):
+        if pending is None:  # the checks before queueing failed: their message is beside Train already
+            yield {ui.pending: None}
+            return
         yield from train_stream(services, state, pending, ui, _session_key(request))
 
     def _stop(request: gr.Request) -> str:
         return stop(_session_key(request))
 
-    ui.train.click(_prepare, [session, *settings_inputs, *ui.files], [session, ui.pending, ui.status],
-                   show_progress="hidden", concurrency_limit=4, **PRIVATE).success(
+    prepare_outputs = [session, ui.pending, ui.status]
+    ui.train.click(shown_beside(_prepare, len(prepare_outputs), "check the training set"),
+                   [session, *settings_inputs, *ui.files], [*prepare_outputs, ui.train_msg],
+                   show_progress="hidden", concurrency_limit=4, **PRIVATE).then(
         _train, [session, ui.pending],
         [ui.pending, ui.status, ui.plot, ui.result, ui.summary, ui.per_class, ui.confusion, ui.download, ui.last],
         concurrency_limit=1, concurrency_id=TRAIN_GROUP, show_progress="minimal", show_progress_on=[ui.status],
@@ -560,5 +571,7 @@ def _wire(ui: _Ui, services: Services, session: gr.State, predict: Any, tabs: gr
                        [session, ui.last], [session, predict.preset, predict.checkpoint, tabs], **PRIVATE)
     if predict.use_checkpoint is not None:
         predict.use_checkpoint(use)  # the checkpoint's classes into the table, old results cleared
-    ui.description.blur(on_description, [ui.last, ui.description], ui.download, show_progress="hidden", **PRIVATE)
-    ui.push.click(push, [ui.last, ui.repo, ui.token, ui.private], ui.push_msg, **PRIVATE)
+    ui.description.blur(shown_beside(on_description, 1, "update the model card"), [ui.last, ui.description],
+                        [ui.download, ui.train_msg], show_progress="hidden", **PRIVATE)
+    ui.push.click(shown_beside(push, 1, "push the checkpoint"), [ui.last, ui.repo, ui.token, ui.private],
+                  [ui.push_msg, ui.push_err], **PRIVATE)

@@ -26,6 +26,7 @@ import pandas as pd
 from PIL import Image
 
 from dpt_core.descriptions import DescriptionsError, class_key, same_classes, validate_descriptions
+from dpt_core.errors import InputError
 from dpt_core.explain import Explanation, overlay
 from dpt_core.imageio import LoadedImage, load_image
 from dpt_core.modality import header_mismatch
@@ -35,6 +36,7 @@ from dpt_core.registry import entries_for, entry
 from dpt_core.workflow import ClassSetup
 
 from . import formatting as fmt
+from .errors import log_unexpected, shown_beside
 from .examples import EXAMPLES_DIR, ShippedExamples, examples_markdown, load_examples
 from .services import CUSTOM, Services
 from .session import trained_checkpoints
@@ -67,8 +69,7 @@ def user_errors(action: str) -> Callable[[F], F]:
             except Exception as exc:  # noqa: BLE001 - the one place where everything becomes a message
                 message = fmt.friendly_error(exc)
                 if message is None:
-                    log.error("%s failed: %s", action, type(exc).__name__)
-                    log.debug("%s failed", action, exc_info=True)
+                    log_unexpected(action, exc)
                     message = f"Something went wrong while trying to {action}; the error was logged."
                 raise gr.Error(message, print_exception=False) from None
 
@@ -115,9 +116,9 @@ def parse_classes_text(text: str | None) -> list[str] | None:
         try:
             value = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"classes: not a valid JSON list ({exc.msg})") from None
+            raise InputError(f"classes: not a valid JSON list ({exc.msg})") from None
         if not isinstance(value, list):
-            raise ValueError("classes: expected a JSON list of names")
+            raise InputError("classes: expected a JSON list of names")
         return [str(v) for v in value]
     parts = text.splitlines() if "\n" in text else text.split(",")
     return [p.strip() for p in parts if p.strip()]
@@ -158,13 +159,13 @@ class PredictController:
     @staticmethod
     def load(path: FileValue, frame: float | int | None = None) -> LoadedImage:
         if not path:
-            raise ValueError("upload a scan first (PNG, JPEG, TIFF or DICOM)")
+            raise InputError("upload a scan first (PNG, JPEG, TIFF or DICOM)")
         return load_image(path, None if frame is None else int(frame))
 
     def setup_from_table(self, preset: str | None, table: Any) -> ClassSetup:
         rows = fmt.table_rows(table)
         if len(rows) > MAX_CLASSES:
-            raise ValueError(f"at most {MAX_CLASSES} classes are supported, got {len(rows)}")
+            raise InputError(f"at most {MAX_CLASSES} classes are supported, got {len(rows)}")
         names = check_class_names([name for name, _ in rows])  # duplicates, empties, counts
         descriptions = validate_descriptions(dict(rows), source="the class table")
         return self.services.setup(preset, names, descriptions)
@@ -183,7 +184,7 @@ class PredictController:
             return value
         if os.environ.get(ALLOW_LOCAL_ENV, "").strip().lower() in ("1", "true", "yes"):
             return value
-        raise ValueError("a checkpoint must be 'hf-hub:ORG/REPO[/SUBFOLDER][@REVISION]', a registry entry or "
+        raise InputError("a checkpoint must be 'hf-hub:ORG/REPO[/SUBFOLDER][@REVISION]', a registry entry or "
                          "one trained in this session")
 
     def resolve(self, path: FileValue, frame: Any, preset: str | None, checkpoint: str | None,
@@ -282,7 +283,7 @@ class PredictController:
     def on_apply(self, table: Any, class_name: str | None, text: str | None) -> pd.DataFrame:
         """The text box (one sentence per line) becomes the class's descriptions in the table."""
         if not class_name or class_name not in fmt.class_choices(table):
-            raise ValueError("choose a class of the table first")
+            raise InputError("choose a class of the table first")
         sentences = fmt.split_descriptions(text)
         validate_descriptions({class_name: sentences}, source="the descriptions")
         return fmt.replace_descriptions(table, class_name, sentences)
@@ -291,10 +292,10 @@ class PredictController:
     def on_generate(self, preset: str | None, table: Any, class_name: str | None, backend: str,
                     n: float, token: str | None, model: str | None) -> tuple[pd.DataFrame, str, str]:
         if not class_name:
-            raise ValueError("choose the class to describe")
+            raise InputError("choose the class to describe")
         setup = self.setup_from_table(preset, table)
         if class_name not in setup.class_names:
-            raise ValueError(f"{reprlib.repr(class_name)} is not in the class table")
+            raise InputError(f"{reprlib.repr(class_name)} is not in the class table")
         result = self.services.generate_descriptions(setup, class_name, backend, int(n), token, model)
         new_table = fmt.replace_descriptions(table, class_name, result.sentences)
         note = f"{len(result.sentences)} sentences for **{fmt.escape(class_name)}**. {fmt.escape(result.note)}"
@@ -425,7 +426,7 @@ class PredictController:
         preset = (preset or "").strip().lower() or None
         if preset and preset != CUSTOM and preset not in list_presets():
             # reprlib: an error must not echo a multi-megabyte argument back to the caller
-            raise ValueError(f"unknown preset {reprlib.repr(preset)}; known presets: {', '.join(list_presets())}, custom")
+            raise InputError(f"unknown preset {reprlib.repr(preset)}; known presets: {', '.join(list_presets())}, custom")
         setup = self.services.setup(preset, parse_classes_text(classes), parse_descriptions_text(descriptions))
         return PredictRequest(self.load(image, None if frame is None or frame < 0 else frame), setup,
                               self.checkpoint_id(checkpoint, None), str(image))
@@ -522,6 +523,7 @@ def create_predict_tab(services: Services, session: gr.State) -> PredictHandles:
             preview = gr.Image(label="Decoded image", type="pil", interactive=False, height=300, format="png",
                                buttons=[])
             image_info = gr.Markdown(elem_id="image-info")
+            scan_msg = gr.Markdown(elem_id="scan-msg")
             with gr.Accordion("Examples (with sources and licences)", open=True):
                 gallery = gr.Gallery(value=[(str(EXAMPLES_DIR / e["file"]), e["title"]) for e in examples],
                                      elem_id="examples",
@@ -547,6 +549,8 @@ def create_predict_tab(services: Services, session: gr.State) -> PredictHandles:
             with gr.Row():
                 predict_btn = gr.Button("Predict", variant="primary", elem_id="predict-btn")
                 reset_btn = gr.Button("Reset to preset", variant="secondary")
+            classes_msg = gr.Markdown(elem_id="classes-msg")  # preset, checkpoint and table problems
+            predict_msg = gr.Markdown(elem_id="predict-msg")
             with gr.Accordion("Descriptions of one class: edit or generate", open=False):
                 with gr.Row():
                     names = fmt.class_choices(initial)
@@ -566,6 +570,7 @@ def create_predict_tab(services: Services, session: gr.State) -> PredictHandles:
                                            type="password", placeholder="or set HF_TOKEN on the server")
                 gen_btn = gr.Button("Generate descriptions")
                 gen_note = gr.Markdown()
+                gen_msg = gr.Markdown(elem_id="generate-msg")
 
     gr.Markdown("### Prediction")
     with gr.Row(equal_height=False):
@@ -595,6 +600,7 @@ def create_predict_tab(services: Services, session: gr.State) -> PredictHandles:
             phrase = gr.Textbox(label="…or a phrase (Grad-CAM towards this text instead)", max_lines=1)
             alpha = gr.Slider(0.0, 1.0, value=DEFAULT_ALPHA, step=0.05, label="Overlay opacity")
             explain_btn = gr.Button("Show attention", elem_id="explain-btn")
+            explain_msg = gr.Markdown(elem_id="explain-msg")
         with gr.Column(scale=5):
             overlay_img = gr.Image(label="Model attention, not lesion localisation", type="pil", format="png",
                                    interactive=False, height=360, elem_id="overlay")
@@ -606,37 +612,47 @@ def create_predict_tab(services: Services, session: gr.State) -> PredictHandles:
     results = [label, sources, modality_md, contrib_plot, contrib_table, overlay_img, caption, pred_state, expl_state]
     private = {"api_visibility": "private"}
 
-    image.change(ctl.on_upload, [image], [frame, preview, image_info, *results], **private)
-    frame.release(ctl.on_frame, [image, frame], [preview, image_info, *results], **private)
+    # Every UI event goes through app.errors.shown_beside: a failure is a note beside its control
+    # (and a toast) that stays until that event runs again; outputs are never turned into badges.
+    def on(event: Any, fn: Callable[..., Any], inputs: list, outputs: list, msg: gr.Markdown, action: str,
+           **options: Any) -> Any:
+        return event(shown_beside(fn, len(outputs), action), inputs, [*outputs, msg], **private, **options)
+
+    on(image.change, ctl.on_upload, [image], [frame, preview, image_info, *results], scan_msg, "read the image")
+    # .input: typing a number and the arrow keys move the preview too, not only a mouse release
+    on(frame.input, ctl.on_frame, [image, frame], [preview, image_info, *results], scan_msg, "read that frame",
+       trigger_mode="always_last")
     preset_outputs = [table, checkpoint, preset_info, gen_class, desc_box]
-    gallery.select(ctl.on_example, [examples_state, preset, session, table, checkpoint],
-                   [image, preset, *preset_outputs], **private)
+    on(gallery.select, ctl.on_example, [examples_state, preset, session, table, checkpoint],
+       [image, preset, *preset_outputs], scan_msg, "open the example")
     # .input, not .change: only the user's own choice triggers these. Programmatic updates
     # (an example click, "Use in Predict") bring everything they change in one handler, so
     # no two events race over the table and the checkpoint.
-    preset.input(ctl.on_preset, [preset, session, table, checkpoint], preset_outputs, **private)
-    checkpoint.input(ctl.on_checkpoint, [checkpoint, preset, table, session], [table, checkpoint], **private)
-    for control in (preset, checkpoint):
+    on(preset.input, ctl.on_preset, [preset, session, table, checkpoint], preset_outputs, classes_msg,
+       "change the preset")
+    on(checkpoint.input, ctl.on_checkpoint, [checkpoint, preset, table, session], [table, checkpoint], classes_msg,
+       "load the checkpoint")
+    for control in (preset, checkpoint, table):  # results of other inputs are not left beside these
         control.input(ctl.cleared_results, None, results, show_progress="hidden", **private)
 
     def use_checkpoint(event: Any) -> Any:
-        return event.success(ctl.on_use_checkpoint, [preset, checkpoint, session],
-                             [table, preset_info, gen_class, desc_box], **private).then(
+        return on(event.success, ctl.on_use_checkpoint, [preset, checkpoint, session],
+                  [table, preset_info, gen_class, desc_box], classes_msg, "use the checkpoint").then(
             ctl.cleared_results, None, results, show_progress="hidden", **private)
 
-    reset_btn.click(ctl.on_reset, [preset], [table, gen_class, desc_box], **private)
+    on(reset_btn.click, ctl.on_reset, [preset], [table, gen_class, desc_box], classes_msg, "reset the classes")
     table.change(ctl.on_table_edit, [table, gen_class], [gen_class], show_progress="hidden", **private)
     gen_class.change(ctl.on_class_pick, [table, gen_class], [desc_box], show_progress="hidden", **private)
-    apply_btn.click(ctl.on_apply, [table, gen_class, desc_box], [table], **private)
-    gen_btn.click(ctl.on_generate, [preset, table, gen_class, gen_backend, gen_n, gen_token, gen_model],
-                  [table, desc_box, gen_note], **private)
+    on(apply_btn.click, ctl.on_apply, [table, gen_class, desc_box], [table], gen_msg, "update the descriptions")
+    on(gen_btn.click, ctl.on_generate, [preset, table, gen_class, gen_backend, gen_n, gen_token, gen_model],
+       [table, desc_box, gen_note], gen_msg, "generate descriptions")
     inputs = [image, frame, preset, checkpoint, table, session]
-    predict_btn.click(ctl.on_predict, inputs,
-                      [label, sources, modality_md, contrib_class, contrib_plot, contrib_table, target, pred_state],
-                      concurrency_id="model", concurrency_limit=4, **private)
+    on(predict_btn.click, ctl.on_predict, inputs,
+       [label, sources, modality_md, contrib_class, contrib_plot, contrib_table, target, pred_state], predict_msg,
+       "predict", concurrency_id="model", concurrency_limit=4)
     contrib_class.change(ctl.on_contrib_class, [contrib_class, pred_state], [contrib_plot, contrib_table], **private)
-    explain_btn.click(ctl.on_explain, [*inputs, method, target, phrase, alpha], [overlay_img, caption, expl_state],
-                      concurrency_id="model", **private)
+    on(explain_btn.click, ctl.on_explain, [*inputs, method, target, phrase, alpha], [overlay_img, caption, expl_state],
+       explain_msg, "compute the attention map", concurrency_id="model")
     alpha.release(ctl.on_alpha, [alpha, expl_state], [overlay_img], **private)
 
     _api_endpoints(ctl)

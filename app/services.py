@@ -30,6 +30,7 @@ from dpt_core.describe import (
     GenerationResult,
     make_generator,
 )
+from dpt_core.errors import InputError
 from dpt_core.descriptions import load_bank
 from dpt_core.explain import Explanation, attention_rollout, gradcam
 from dpt_core.modality import ModalityCheck, check_modality
@@ -185,7 +186,7 @@ class Services:
         """
         preset = None if not preset_name or preset_name == CUSTOM else preset_name
         if preset is None and not class_names:
-            raise ValueError("custom classes: add at least two class names to the table")
+            raise InputError("custom classes: add at least two class names to the table")
         return setup_classes(preset, class_names or None, descriptions)
 
     def predictor(self, setup: ClassSetup, checkpoint_id: str | None = None,
@@ -282,9 +283,9 @@ class Services:
     ) -> Explanation:
         """Grad-CAM towards a class's learned prompt (default: the predicted class) or a typed phrase; or rollout."""
         if method not in EXPLAIN_METHODS:
-            raise ValueError(f"unknown explanation method {method!r}; use one of {', '.join(EXPLAIN_METHODS)}")
+            raise InputError(f"unknown explanation method {method!r}; use one of {', '.join(EXPLAIN_METHODS)}")
         if target_class and target_class not in setup.class_names:
-            raise ValueError(f"unknown class {target_class!r}; choose one of the current classes")
+            raise InputError(f"unknown class {target_class!r}; choose one of the current classes")
         checkpoint_id, ckpt = self._checkpoint(setup, checkpoint_id)
         phrase = " ".join((phrase or "").split())
         return self.calls.explain(self.ref, setup, checkpoint_id, ckpt, image, method, target_class, phrase).unwrap()
@@ -312,7 +313,7 @@ class Services:
     ) -> GenerationResult:
         """Expert descriptions for one class. Raises GenerationError (and ValueError for bad arguments)."""
         if backend not in GENERATOR_BACKENDS:
-            raise ValueError(f"unknown description backend {backend!r}")
+            raise InputError(f"unknown description backend {backend!r}")
         p = setup.preset
         request = GenerationRequest(
             class_name=class_name,

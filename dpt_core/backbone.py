@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .errors import ResourceError
 from .tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ LOCAL_PREFIX = "local-dir:"
 TINY = "tiny"
 
 
-class BackboneError(RuntimeError):
+class BackboneError(ResourceError):
     """A backbone could not be loaded; the message says why and what to do."""
 
 

@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .backbone import Backbone
+from .errors import InputError
 from .hub import HF_PREFIX, download_file, parse_hub_id
 from .model import BiomedDPT
 from .presets import Preset, load_preset
@@ -43,7 +44,7 @@ REQUIRED_CONFIG = ("format_version", "method", "backbone", "class_names", "templ
 BIOMEDCOOP_TEMPLATE, BIOMEDCOOP_N_CTX = "a photo of a {}.", 4
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint cannot be used; the message says exactly why."""
 
 

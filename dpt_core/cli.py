@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Sequence
 
 from .descriptions import same_classes
+from .errors import UserError
 
 log = logging.getLogger("dpt_core")
 
 
-class CLIError(Exception):
+class CLIError(UserError):
     """An error for the user: printed as one line, exit status 1."""
 
 

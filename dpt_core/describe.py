@@ -28,6 +28,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from .errors import InputError, ResourceError
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_HF_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -49,9 +51,9 @@ class GenerationRequest:
 
     def __post_init__(self) -> None:
         if not self.class_name.strip():
-            raise ValueError("class_name must not be empty")
+            raise InputError("class_name must not be empty")
         if self.n < 1:
-            raise ValueError(f"n must be at least 1, got {self.n}")
+            raise InputError(f"n must be at least 1, got {self.n}")
         # Accept any sequence from callers but keep the request hashable.
         object.__setattr__(self, "other_classes", tuple(self.other_classes))
 
@@ -63,7 +65,7 @@ class GenerationResult:
     note: str  # provenance, shown next to the sentences in the UI
 
 
-class GenerationError(RuntimeError):
+class GenerationError(ResourceError):
     """A failure whose message can be shown to a clinician as-is (no stack trace, no secrets)."""
 
 

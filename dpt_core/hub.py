@@ -9,10 +9,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import ResourceError
+
 HF_PREFIX = "hf-hub:"
 
 
-class HubError(RuntimeError):
+class HubError(ResourceError):
     """A Hub operation failed; the message says why in plain words."""
 
 

@@ -41,6 +41,8 @@ from typing import IO, Iterator
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import InputError
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["ImageLoadError", "LoadedImage", "load_image", "count_frames", "SUPPORTED_FORMATS"]
@@ -63,7 +65,7 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct
 _META_MAX_LEN = 64
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(InputError):
     """The file cannot be shown. ``str(err)`` is safe to display in the UI as is."""
 
 

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from .backbone import Backbone
+from .errors import InputError
 from .checkpoint import PromptCheckpoint
 from .combine import CombinationNet
 from .features import encode_images
@@ -82,16 +83,16 @@ def check_class_names(class_names: Sequence[str]) -> list[str]:
     """Clean and validate a class list (the UI shows these messages as they are)."""
     names = [" ".join(str(c).split()) for c in class_names]
     if any(not n for n in names):
-        raise ValueError("class names cannot be empty")
+        raise InputError("class names cannot be empty")
     if len(names) < 2:
-        raise ValueError("at least two classes are needed to classify")
+        raise InputError("at least two classes are needed to classify")
     if len(names) > MAX_CLASSES:
-        raise ValueError(f"at most {MAX_CLASSES} classes are supported, got {len(names)}")
+        raise InputError(f"at most {MAX_CLASSES} classes are supported, got {len(names)}")
     seen: dict[str, str] = {}
     for n in names:
         key = n.replace("_", " ").casefold()
         if key in seen:
-            raise ValueError(f"duplicate class: {seen[key]!r} and {n!r}")
+            raise InputError(f"duplicate class: {seen[key]!r} and {n!r}")
         seen[key] = n
     return names
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from .errors import InputError
 from .losses import LossWeights
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
@@ -47,7 +48,7 @@ def load_preset(name: str) -> Preset:
     key = name.strip().lower()
     path = PRESETS_DIR / f"{key}.json"
     if not path.is_file():
-        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(list_presets())}")
+        raise InputError(f"unknown preset {name!r}; known presets: {', '.join(list_presets())}")
     raw = json.loads(path.read_text(encoding="utf-8"))
     preset = Preset(
         name=raw["name"],

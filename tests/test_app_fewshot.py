@@ -308,8 +308,10 @@ def test_train_use_predict_round_trip(services, state, tmp_path):
 @pytest.mark.slow
 def test_features_are_encoded_once_and_reused(services, tmp_path, monkeypatch):
     calls = []
-    real = jobs.encode_images
-    monkeypatch.setattr(jobs, "encode_images", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
+    from dpt_core import fewshot  # the run lives in the library
+
+    real = fewshot.encode_images
+    monkeypatch.setattr(fewshot, "encode_images", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
     from dpt_core import workflow
 
     from dpt_core import train as train_mod
