@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import gradio as gr
 
@@ -79,4 +79,29 @@ def shown_beside(fn: Callable[..., Any], n_outputs: int, action: str) -> Callabl
     return wrapper
 
 
-__all__ = ["log_unexpected", "message_markdown", "shown_beside", "user_message"]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(action: str) -> Callable[[F], F]:
+    """Expected errors -> gr.Error with their message; unexpected ones -> a generic gr.Error."""
+
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def inner(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the one place where everything becomes a message
+                message = fmt.friendly_error(exc)
+                if message is None:
+                    log_unexpected(action, exc)
+                    message = f"Something went wrong while trying to {action}; the error was logged."
+                raise gr.Error(message, print_exception=False) from None
+
+        return inner  # type: ignore[return-value]
+
+    return wrap
+
+
+__all__ = ["log_unexpected", "message_markdown", "shown_beside", "user_errors", "user_message"]

@@ -22,7 +22,6 @@ from dpt_core.imageio import ImageLoadError, LoadedImage
 from dpt_core.modality import ModalityCheck
 from dpt_core.predictor import Prediction, PromptContribution
 
-
 # The class table: one row per class, its descriptions in one cell separated by " | ".
 # (A Dataframe cell cannot take a line break while editing; " | " is easy to type and to read.)
 CLASS_COL, DESC_COL = "class", "descriptions (separated by  |  )"

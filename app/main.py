@@ -16,12 +16,10 @@ import gradio as gr
 from dpt_core.backbone import BackboneError
 
 from . import formatting as fmt
+from .choices import checkpoint_choices
 from .examples import EXAMPLES_DIR
-from .fewshot_tab import create_fewshot_tab
-from .predict_tab import (
-    checkpoint_choices,
-    create_predict_tab,
-)
+from .fewshot.layout import create_fewshot_tab
+from .predict.layout import create_predict_tab
 from .services import Services
 from .session import cleanup_session_state, new_session_state
 
@@ -128,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("GRADIO_FLAGGING_MODE", "never")  # Blocks do not flag; belt and braces
     if args.allow_local_checkpoints:
-        from .predict_tab import ALLOW_LOCAL_ENV
+        from .choices import ALLOW_LOCAL_ENV
 
         os.environ[ALLOW_LOCAL_ENV] = "1"
     services = Services(args.backbone, device=args.device)

@@ -30,9 +30,10 @@ from dpt_core.describe import (
     GenerationResult,
     make_generator,
 )
-from dpt_core.errors import InputError
 from dpt_core.descriptions import load_bank
+from dpt_core.errors import InputError
 from dpt_core.explain import Explanation, attention_rollout, gradcam
+from dpt_core.fewshot import FewShotResult, TrainSettings
 from dpt_core.modality import ModalityCheck, check_modality
 from dpt_core.predictor import Prediction, Predictor
 from dpt_core.presets import list_presets
@@ -41,8 +42,8 @@ from dpt_core.registry import entry as registry_entry
 from dpt_core.workflow import ClassSetup, setup_classes
 
 from .device import CALLS, DeviceCalls, register
-from .fewshot_jobs import FewShotResult, TrainSettings, run_fewshot
 from .job_channel import FileChannel
+from .jobs import run_fewshot
 
 log = logging.getLogger(__name__)
 

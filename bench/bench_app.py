@@ -93,7 +93,9 @@ def app_timings(spec: str, zerogpu_sim: bool = False) -> dict:
 def fewshot_timings(spec: str) -> dict:
     import torch
 
-    from app.fewshot_jobs import TrainSettings, load_class_images, plan_holdout, run_fewshot
+    from app.jobs import run_fewshot
+    from app.uploads import load_class_images
+    from dpt_core.fewshot import TrainSettings, plan_holdout
     from dpt_core.backbone import load_backbone
     from dpt_core.train import TrainConfig, fit_epochs
     from dpt_core.workflow import prepare_training

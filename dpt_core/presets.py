@@ -8,12 +8,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 from .errors import InputError
 from .losses import LossWeights
+from .resources import ASSETS_DIR
 
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 PRESETS_DIR = ASSETS_DIR / "presets"
 PROTOCOLS = ("few_shot", "base2novel")
 

@@ -1,139 +1,54 @@
-"""The Predict tab: one scan -> prediction, per-source probabilities, prompt contributions, attention.
+"""The Predict tab's handlers: one scan -> prediction, per-source probabilities, contributions, attention.
 
-Layout and event wiring live in ``create_predict_tab``; the handlers are methods
-of ``PredictController`` (plain Python over ``Services``), so tests call them
-without a browser. Every handler turns the errors users can cause into a
-``gr.Error`` with a readable message; anything unexpected is logged (type only,
-details at DEBUG: exception texts of decoders can quote file contents) and
-shown as a generic message, never as a stack trace.
+The handlers are methods of ``PredictController`` (plain Python over ``Services``), so tests
+call them without a browser. Each turns the errors users can cause into a ``gr.Error`` with a
+readable message (``app.errors.user_errors``); the UI wires them through
+``app.errors.shown_beside``, which shows that message beside the control instead.
 
-Public API endpoints (``/predict``, ``/explain``) are separate, simply-typed
-functions on hidden components, so ``gradio_client`` can call them with an
-image file and a preset name and nothing else; the UI's own events are private.
+Public API endpoints (``/predict``, ``/explain``) are separate, simply-typed methods on
+hidden components, so ``gradio_client`` can call them with an image file and a preset
+name and nothing else; the UI's own events are private.
 """
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import os
 import reprlib
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any
 
 import gradio as gr
 import pandas as pd
 from PIL import Image
 
-from dpt_core.descriptions import DescriptionsError, class_key, same_classes, validate_descriptions
+from dpt_core.descriptions import class_key, same_classes, validate_descriptions
 from dpt_core.errors import InputError
 from dpt_core.explain import Explanation, overlay
-from dpt_core.imageio import LoadedImage, load_image
+from dpt_core.imageio import ImageLoadError, LoadedImage, load_image
 from dpt_core.modality import header_mismatch
 from dpt_core.predictor import MAX_CLASSES, Prediction, check_class_names
-from dpt_core.presets import list_presets, load_preset
-from dpt_core.registry import entries_for, entry
+from dpt_core.presets import list_presets
+from dpt_core.registry import entry
 from dpt_core.workflow import ClassSetup
 
-from . import formatting as fmt
-from .errors import log_unexpected, shown_beside
-from .examples import EXAMPLES_DIR, ShippedExamples, examples_markdown, load_examples
-from .services import CUSTOM, Services
-from .session import trained_checkpoints
+from .. import formatting as fmt
+from ..choices import (
+    ALLOW_LOCAL_ENV,
+    DEFAULT_ALPHA,
+    PREDICTED,
+    ZERO_SHOT,
+    FileValue,
+    checkpoint_update,
+    parse_classes_text,
+    parse_descriptions_text,
+    preset_markdown,
+)
+from ..errors import user_errors
+from ..examples import EXAMPLES_DIR, ShippedExamples
+from ..services import CUSTOM, Services
+from ..session import trained_checkpoints
 
 log = logging.getLogger(__name__)
-
-ZERO_SHOT = "zero-shot"  # checkpoint dropdown value: the preset's clinical template, no checkpoint
-PREDICTED = "__predicted__"  # attention target dropdown value: the predicted class
-DEFAULT_PRESET = "btmri"
-DEFAULT_ALPHA = 0.45
-# Typed local folders as checkpoint ids read the server's disk: off unless the operator allows it.
-ALLOW_LOCAL_ENV = "DPT_ALLOW_LOCAL_CHECKPOINTS"
-FileValue = str | None
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-# ---------------------------------------------------------------------- errors
-
-def user_errors(action: str) -> Callable[[F], F]:
-    """Expected errors -> gr.Error with their message; unexpected ones -> a generic gr.Error."""
-
-    def wrap(fn: F) -> F:
-        @functools.wraps(fn)
-        def inner(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return fn(*args, **kwargs)
-            except gr.Error:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the one place where everything becomes a message
-                message = fmt.friendly_error(exc)
-                if message is None:
-                    log_unexpected(action, exc)
-                    message = f"Something went wrong while trying to {action}; the error was logged."
-                raise gr.Error(message, print_exception=False) from None
-
-        return inner  # type: ignore[return-value]
-
-    return wrap
-
-
-# ---------------------------------------------------------------------- choices
-
-def preset_choices() -> list[tuple[str, str]]:
-    return [(f"{load_preset(n).title} ({n})", n) for n in list_presets()] + [("Custom classes", CUSTOM)]
-
-
-def checkpoint_choices(preset: str | None, state: dict | None) -> list[tuple[str, str]]:
-    """Zero-shot, the registry's checkpoints of the preset, then this session's trained ones."""
-    out = [("Zero-shot (clinical template)", ZERO_SHOT)]
-    if preset and preset != CUSTOM:
-        out += [(f"{e.label} (downloaded from the Hub)", e.id) for e in entries_for(preset)]
-    out += [(f"{label} (trained in this session)", path) for label, path in trained_checkpoints(state).items()]
-    return out
-
-
-def checkpoint_update(preset: str | None, state: dict | None, value: str | None = None) -> dict:
-    """gr.update for the checkpoint dropdown; the Few-shot tab calls it with its new folder as ``value``."""
-    return gr.update(choices=checkpoint_choices(preset, state), value=value or ZERO_SHOT)
-
-
-def preset_markdown(preset: str | None) -> str:
-    if not preset or preset == CUSTOM:
-        return ("Custom classes: prompt template `a photo of a {}.`; edit the class names below "
-                "(at least two).")
-    p = load_preset(preset)
-    return (f"**{fmt.escape(p.title)}** — {fmt.escape(p.modality)}, {fmt.escape(p.organ)}. "
-            f"Clinical template: `{p.template}` · {len(p.templates)} templates in the ensemble.")
-
-
-def parse_classes_text(text: str | None) -> list[str] | None:
-    """API ``classes``: a JSON list, one name per line, or comma-separated; None/blank -> the preset's."""
-    text = (text or "").strip()
-    if not text:
-        return None
-    if text.startswith("["):
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"classes: not a valid JSON list ({exc.msg})") from None
-        if not isinstance(value, list):
-            raise InputError("classes: expected a JSON list of names")
-        return [str(v) for v in value]
-    parts = text.splitlines() if "\n" in text else text.split(",")
-    return [p.strip() for p in parts if p.strip()]
-
-
-def parse_descriptions_text(text: str | None) -> dict[str, list[str]] | None:
-    """API ``descriptions``: a JSON object {class: [sentences]}; None/blank -> the preset's bank."""
-    text = (text or "").strip()
-    if not text:
-        return None
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DescriptionsError(f"descriptions: not valid JSON ({exc.msg})") from None
-    return validate_descriptions(raw, source="descriptions")
 
 
 # ---------------------------------------------------------------------- handlers
@@ -161,6 +76,21 @@ class PredictController:
         if not path:
             raise InputError("upload a scan first (PNG, JPEG, TIFF or DICOM)")
         return load_image(path, None if frame is None else int(frame))
+
+    @classmethod
+    def load_frame(cls, path: FileValue, frame: float | int | None) -> LoadedImage:
+        """The UI's frame numbers count from 1, as the image summary does ("frame 3 of 5");
+        0 or empty means the default (middle) frame."""
+        number = int(frame) if frame not in (None, "") else 0
+        if number <= 0:
+            return cls.load(path)
+        try:
+            return cls.load(path, number - 1)
+        except ImageLoadError:
+            n_frames = cls.load(path).n_frames
+            if number <= n_frames:
+                raise
+            raise InputError(f"frame {number} does not exist; this image has frames 1 to {n_frames}") from None
 
     def setup_from_table(self, preset: str | None, table: Any) -> ClassSetup:
         rows = fmt.table_rows(table)
@@ -191,7 +121,7 @@ class PredictController:
                 table: Any, state: dict | None) -> PredictRequest:
         setup = self.setup_from_table(preset, table)
         ckpt = self.checkpoint_id(checkpoint, state)
-        return PredictRequest(self.load(path, frame), setup, ckpt, str(path))
+        return PredictRequest(self.load_frame(path, frame), setup, ckpt, str(path))
 
     # -------------------------------------------------------------- image input
     @user_errors("read the image")
@@ -199,10 +129,10 @@ class PredictController:
         """New file: frame slider (several frames only, at the middle one), preview, summary; results cleared."""
         cleared = self.cleared_results()
         if not path:
-            return (gr.update(visible=False, value=0), None, "", *cleared)
+            return (gr.update(visible=False, value=1), None, "", *cleared)
         loaded = self.load(path)
-        slider = gr.update(visible=loaded.n_frames > 1, minimum=0, maximum=max(1, loaded.n_frames - 1),
-                           value=loaded.frame, step=1)
+        slider = gr.update(visible=loaded.n_frames > 1, minimum=1, maximum=max(2, loaded.n_frames),
+                           value=loaded.frame + 1, step=1)
         return (slider, loaded.image, fmt.image_summary(loaded), *cleared)
 
     @user_errors("read that frame")
@@ -210,7 +140,7 @@ class PredictController:
         """Another frame: its preview; results of the previous frame are cleared."""
         if not path:
             return (None, "", *self.cleared_results())
-        loaded = self.load(path, frame)
+        loaded = self.load_frame(path, frame)
         return (loaded.image, fmt.image_summary(loaded), *self.cleared_results())
 
     @staticmethod
@@ -416,6 +346,20 @@ class PredictController:
         return overlay(expl, float(alpha)), fmt.explanation_caption(expl), expl
 
     @staticmethod
+    def on_method(method: str | None) -> tuple[dict, dict]:
+        """Rollout follows no class or phrase: its target controls are greyed out."""
+        active = method != "rollout"
+        return gr.update(interactive=active), gr.update(interactive=active)
+
+    def on_method_redraw(self, path: FileValue, frame: Any, preset: str | None, checkpoint: str | None,
+                         table: Any, state: dict | None, method: str, target: str | None, phrase: str | None,
+                         alpha: float, shown: Explanation | None) -> tuple:
+        """After a method switch: the shown map redrawn with the new method (nothing shown: nothing to do)."""
+        if shown is None:
+            return gr.update(), gr.update(), gr.update()
+        return self.on_explain(path, frame, preset, checkpoint, table, state, method, target, phrase, alpha)
+
+    @staticmethod
     def on_alpha(alpha: float, expl: Explanation | None) -> Any:
         """Re-blend the last map at a new opacity (no recomputation)."""
         return overlay(expl, float(alpha)) if expl is not None else gr.update()
@@ -494,190 +438,3 @@ class PredictController:
         target_class, phrase = (by_key[class_key(target)], None) if class_key(target) in by_key else (None, target)
         expl = self.run_explain(req, (method or "gradcam").strip().lower(), target_class, phrase)
         return overlay(expl, DEFAULT_ALPHA if alpha is None else float(alpha)), fmt.explanation_info(expl)
-
-
-# ---------------------------------------------------------------------- layout
-
-@dataclass
-class PredictHandles:
-    """What other tabs may wire to."""
-
-    preset: gr.Dropdown
-    checkpoint: gr.Dropdown
-    # Wire ``event.then(use_checkpoint...)`` after setting preset and checkpoint from another tab.
-    use_checkpoint: Callable[[Any], Any] | None = None
-    # (preset, session state, value=None) -> gr.update for ``checkpoint``; the Few-shot tab uses it.
-    checkpoint_update: Callable[..., dict] = checkpoint_update
-
-
-def create_predict_tab(services: Services, session: gr.State) -> PredictHandles:
-    """Build the tab's components inside the current ``gr.Tab`` and wire its events."""
-    examples = load_examples()
-    ctl = PredictController(services, examples)
-
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=5):
-            image = gr.File(label="Scan (PNG, JPEG, TIFF or DICOM, with or without .dcm)", file_count="single",
-                            type="filepath", height=150, elem_id="scan-file")
-            frame = gr.Slider(0, 1, value=0, step=1, label="Frame (multi-frame files)", visible=False)
-            preview = gr.Image(label="Decoded image", type="pil", interactive=False, height=300, format="png",
-                               buttons=[])
-            image_info = gr.Markdown(elem_id="image-info")
-            scan_msg = gr.Markdown(elem_id="scan-msg")
-            with gr.Accordion("Examples (with sources and licences)", open=True):
-                gallery = gr.Gallery(value=[(str(EXAMPLES_DIR / e["file"]), e["title"]) for e in examples],
-                                     elem_id="examples",
-                                     columns=4, height=270, allow_preview=False, show_label=False,
-                                     object_fit="cover", interactive=False, buttons=[])
-                with gr.Accordion("Sources and licences", open=False):
-                    gr.Markdown(examples_markdown(examples))
-        with gr.Column(scale=7):
-            preset = gr.Dropdown(preset_choices(), value=DEFAULT_PRESET, label="Modality preset", elem_id="preset")
-            preset_info = gr.Markdown(preset_markdown(DEFAULT_PRESET))
-            checkpoint = gr.Dropdown(checkpoint_choices(DEFAULT_PRESET, None), value=ZERO_SHOT,
-                                     allow_custom_value=True, label="Prompt checkpoint", elem_id="checkpoint",
-                                     info="Registry checkpoints need the network; any hf-hub: id can be typed.")
-            initial = ctl.preset_table(DEFAULT_PRESET)
-            table = gr.Dataframe(
-                value=initial,
-                headers=fmt.TABLE_HEADERS, datatype="str", interactive=True, wrap=False,
-                column_widths=["28%", "72%"], max_height=260,
-                label="Classes and expert descriptions: double-click a cell to rename or edit; "
-                      "right-click a row to add or delete a class",
-                elem_id="class-table",
-            )
-            with gr.Row():
-                predict_btn = gr.Button("Predict", variant="primary", elem_id="predict-btn")
-                reset_btn = gr.Button("Reset to preset", variant="secondary")
-            classes_msg = gr.Markdown(elem_id="classes-msg")  # preset, checkpoint and table problems
-            predict_msg = gr.Markdown(elem_id="predict-msg")
-            with gr.Accordion("Descriptions of one class: edit or generate", open=False):
-                with gr.Row():
-                    names = fmt.class_choices(initial)
-                    gen_class = gr.Dropdown(names, value=names[0], label="Class", allow_custom_value=True, scale=2)
-                    apply_btn = gr.Button("Apply to the table", scale=1)
-                desc_box = gr.Textbox(fmt.descriptions_text(initial, names[0]),
-                                      label="Descriptions, one sentence per line",
-                                      lines=5, max_lines=12)
-                with gr.Row():
-                    gen_backend = gr.Radio([("Shipped bank (offline)", "retrieval"),
-                                            ("HF Inference", "hf-inference"), ("Local model", "local")],
-                                           value="retrieval", label="Generate with")
-                    gen_n = gr.Slider(1, 30, value=10, step=1, label="Sentences")
-                with gr.Row():
-                    gen_model = gr.Textbox(label="Model id (HF Inference or local)", placeholder="default LLM")
-                    gen_token = gr.Textbox(label="HF token (used for this request only, never stored)",
-                                           type="password", placeholder="or set HF_TOKEN on the server")
-                gen_btn = gr.Button("Generate descriptions")
-                gen_note = gr.Markdown()
-                gen_msg = gr.Markdown(elem_id="generate-msg")
-
-    gr.Markdown("### Prediction")
-    with gr.Row(equal_height=False):
-        label = gr.Label(label="Prediction (learned prompt)", num_top_classes=10, elem_id="prediction-label")
-        sources = gr.Dataframe(headers=fmt.SOURCE_HEADERS, label="Probability by prompt source", interactive=False,
-                               wrap=True)
-    modality_md = gr.Markdown(elem_id="modality-check")
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=3):
-            contrib_class = gr.Dropdown([], label="Prompt contributions for class", allow_custom_value=True,
-                                        elem_id="contrib-class")
-            contrib_plot = gr.BarPlot(x="prompt", y="contribution", color="source", sort="-y",
-                                      x_label_angle=-35, height=320, label="Top prompt contributions",
-                                      x_title="prompt", y_title="weight × τ × cosine")
-        with gr.Column(scale=4):
-            contrib_table = gr.Dataframe(headers=fmt.DETAIL_COLUMNS, column_widths=["6%", "17%", "53%", "12%", "12%"],
-                                         label="Contributions (weight × τ × cosine with the image)",
-                                         interactive=False, wrap=True, max_height=400, elem_id="contrib-table")
-
-    gr.Markdown("### Attention overlay — model attention, not lesion localisation")
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=4):
-            method = gr.Radio([("Grad-CAM", "gradcam"), ("Attention rollout", "rollout")], value="gradcam",
-                              label="Method")
-            target = gr.Dropdown([("Predicted class", PREDICTED)], value=PREDICTED, allow_custom_value=True,
-                                 label="Grad-CAM target class")
-            phrase = gr.Textbox(label="…or a phrase (Grad-CAM towards this text instead)", max_lines=1)
-            alpha = gr.Slider(0.0, 1.0, value=DEFAULT_ALPHA, step=0.05, label="Overlay opacity")
-            explain_btn = gr.Button("Show attention", elem_id="explain-btn")
-            explain_msg = gr.Markdown(elem_id="explain-msg")
-        with gr.Column(scale=5):
-            overlay_img = gr.Image(label="Model attention, not lesion localisation", type="pil", format="png",
-                                   interactive=False, height=360, elem_id="overlay")
-            caption = gr.Markdown(elem_id="overlay-caption")
-
-    examples_state = gr.State(examples)
-    pred_state = gr.State(None)
-    expl_state = gr.State(None)
-    results = [label, sources, modality_md, contrib_plot, contrib_table, overlay_img, caption, pred_state, expl_state]
-    private = {"api_visibility": "private"}
-
-    # Every UI event goes through app.errors.shown_beside: a failure is a note beside its control
-    # (and a toast) that stays until that event runs again; outputs are never turned into badges.
-    def on(event: Any, fn: Callable[..., Any], inputs: list, outputs: list, msg: gr.Markdown, action: str,
-           **options: Any) -> Any:
-        return event(shown_beside(fn, len(outputs), action), inputs, [*outputs, msg], **private, **options)
-
-    on(image.change, ctl.on_upload, [image], [frame, preview, image_info, *results], scan_msg, "read the image")
-    # .input: typing a number and the arrow keys move the preview too, not only a mouse release
-    on(frame.input, ctl.on_frame, [image, frame], [preview, image_info, *results], scan_msg, "read that frame",
-       trigger_mode="always_last")
-    preset_outputs = [table, checkpoint, preset_info, gen_class, desc_box]
-    on(gallery.select, ctl.on_example, [examples_state, preset, session, table, checkpoint],
-       [image, preset, *preset_outputs], scan_msg, "open the example")
-    # .input, not .change: only the user's own choice triggers these. Programmatic updates
-    # (an example click, "Use in Predict") bring everything they change in one handler, so
-    # no two events race over the table and the checkpoint.
-    on(preset.input, ctl.on_preset, [preset, session, table, checkpoint], preset_outputs, classes_msg,
-       "change the preset")
-    on(checkpoint.input, ctl.on_checkpoint, [checkpoint, preset, table, session], [table, checkpoint], classes_msg,
-       "load the checkpoint")
-    for control in (preset, checkpoint, table):  # results of other inputs are not left beside these
-        control.input(ctl.cleared_results, None, results, show_progress="hidden", **private)
-
-    def use_checkpoint(event: Any) -> Any:
-        return on(event.success, ctl.on_use_checkpoint, [preset, checkpoint, session],
-                  [table, preset_info, gen_class, desc_box], classes_msg, "use the checkpoint").then(
-            ctl.cleared_results, None, results, show_progress="hidden", **private)
-
-    on(reset_btn.click, ctl.on_reset, [preset], [table, gen_class, desc_box], classes_msg, "reset the classes")
-    table.change(ctl.on_table_edit, [table, gen_class], [gen_class], show_progress="hidden", **private)
-    gen_class.change(ctl.on_class_pick, [table, gen_class], [desc_box], show_progress="hidden", **private)
-    on(apply_btn.click, ctl.on_apply, [table, gen_class, desc_box], [table], gen_msg, "update the descriptions")
-    on(gen_btn.click, ctl.on_generate, [preset, table, gen_class, gen_backend, gen_n, gen_token, gen_model],
-       [table, desc_box, gen_note], gen_msg, "generate descriptions")
-    inputs = [image, frame, preset, checkpoint, table, session]
-    on(predict_btn.click, ctl.on_predict, inputs,
-       [label, sources, modality_md, contrib_class, contrib_plot, contrib_table, target, pred_state], predict_msg,
-       "predict", concurrency_id="model", concurrency_limit=4)
-    contrib_class.change(ctl.on_contrib_class, [contrib_class, pred_state], [contrib_plot, contrib_table], **private)
-    on(explain_btn.click, ctl.on_explain, [*inputs, method, target, phrase, alpha], [overlay_img, caption, expl_state],
-       explain_msg, "compute the attention map", concurrency_id="model")
-    alpha.release(ctl.on_alpha, [alpha, expl_state], [overlay_img], **private)
-
-    _api_endpoints(ctl)
-    return PredictHandles(preset, checkpoint, use_checkpoint)
-
-
-def _api_endpoints(ctl: PredictController) -> None:
-    """Hidden components carrying the public, simply-typed /predict and /explain endpoints."""
-    with gr.Column(visible=False):
-        image = gr.File(label="image", type="filepath")
-        preset = gr.Textbox(label="preset", value=None)
-        checkpoint = gr.Textbox(label="checkpoint", value=None)
-        classes = gr.Textbox(label="classes", value=None)
-        descriptions = gr.Textbox(label="descriptions", value=None)
-        frame = gr.Number(label="frame", value=None, precision=0)
-        target = gr.Textbox(label="target", value=None)
-        method = gr.Textbox(label="method", value="gradcam")
-        alpha = gr.Number(label="alpha", value=DEFAULT_ALPHA)
-        label = gr.Label(label="prediction")
-        details = gr.JSON(label="details")
-        overlay_img = gr.Image(label="overlay", type="pil", format="png")
-        info = gr.JSON(label="explanation")
-        predict_btn = gr.Button("api predict")
-        explain_btn = gr.Button("api explain")
-    predict_btn.click(ctl.api_predict, [image, preset, checkpoint, classes, descriptions, frame], [label, details],
-                      api_name="predict", concurrency_id="model")
-    explain_btn.click(ctl.api_explain, [image, preset, target, method, alpha, checkpoint, classes, descriptions, frame],
-                      [overlay_img, info], api_name="explain", concurrency_id="model")

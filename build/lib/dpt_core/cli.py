@@ -1,0 +1,421 @@
+"""Command line: ``python -m dpt_core predict | train | evaluate | import-dassl | push | aggregate | write-backbone``.
+
+The flags and the ``--json`` outputs are a stable contract (see README).
+Errors are one line on stderr and exit status 1 (2 for usage errors).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .descriptions import same_classes
+from .errors import UserError
+
+log = logging.getLogger("dpt_core")
+
+
+class CLIError(UserError):
+    """An error for the user: printed as one line, exit status 1."""
+
+
+# ------------------------------------------------------------------------------------- helpers
+
+def _backbone(args, ckpt=None):
+    from .backbone import DEFAULT_BACKBONE, load_backbone
+
+    recorded = ckpt.config.get("backbone") if ckpt is not None else None
+    spec = args.backbone or recorded or os.environ.get("DPT_BACKBONE") or DEFAULT_BACKBONE
+    if args.backbone and recorded and args.backbone != recorded:
+        print(f"warning: --backbone {args.backbone} differs from the checkpoint's {recorded}", file=sys.stderr)
+    bb = load_backbone(spec, args.device)
+    if bb.random_weights:
+        print(f"warning: backbone {spec} has random weights; predictions are meaningless", file=sys.stderr)
+    return bb
+
+
+def _checkpoint(args):
+    if not getattr(args, "checkpoint", None):
+        return None
+    from .checkpoint import load_checkpoint
+
+    return load_checkpoint(args.checkpoint, preset=args.preset)
+
+
+def _descriptions(args):
+    if not getattr(args, "descriptions", None):
+        return None
+    from .descriptions import load_descriptions_file
+
+    return load_descriptions_file(args.descriptions)
+
+
+def _read_classes_file(path: str) -> list[str]:
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise CLIError(f"cannot read classes file: {exc}") from exc
+    return [line.strip() for line in lines if line.strip()]
+
+
+def _setup(args, ckpt, protocol="few_shot"):
+    from .workflow import setup_classes, setup_from_checkpoint
+
+    classes = _read_classes_file(args.classes_file) if getattr(args, "classes_file", None) else None
+    desc = _descriptions(args)
+    if ckpt is not None:
+        setup = setup_from_checkpoint(ckpt, classes, desc)
+        if args.preset and ckpt.preset and args.preset.lower() != ckpt.preset:
+            print(f"warning: --preset {args.preset} differs from the checkpoint's {ckpt.preset}", file=sys.stderr)
+        return setup
+    if not args.preset and not classes:
+        raise CLIError("name a --preset (or give --classes-file / --checkpoint)")
+    return setup_classes(args.preset, classes, desc, protocol)
+
+
+def _split_file(args) -> str | None:
+    """--split-file, else the one split_*.json in the data folder, else None (an image folder)."""
+    if args.split_file:
+        return args.split_file
+    found = sorted(Path(args.data).glob("split_*.json")) if Path(args.data).is_dir() else []
+    return str(found[0]) if len(found) == 1 else None
+
+
+def _load_data(args, class_names, split: str):
+    """(class names, records) from an image folder or a dataset root with a split file."""
+    from .data import read_split_file, scan_image_folder
+
+    split_file = _split_file(args)
+    if split_file:
+        return read_split_file(Path(args.data), split_file, split)
+    return scan_image_folder(Path(args.data), class_names)
+
+
+def _print_json(obj) -> None:
+    json.dump(obj, sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+# ------------------------------------------------------------------------------------- commands
+
+def cmd_predict(args) -> int:
+    from .imageio import ImageLoadError, load_image
+    from .predictor import Predictor
+
+    ckpt = _checkpoint(args)
+    setup = _setup(args, ckpt)  # validate cheap arguments before loading a backbone
+    backbone = _backbone(args, ckpt)
+    predictor = Predictor(backbone, setup.class_names, setup.templates, setup.descriptions,
+                          template=setup.template, n_ctx=setup.n_ctx, checkpoint=ckpt)
+    results = []
+    for path in args.images:
+        try:
+            image = load_image(path).image
+        except ImageLoadError as exc:
+            raise CLIError(f"{path}: {exc}") from exc
+        pred = predictor.predict([image])[0]
+        results.append({"image": path, **pred.to_json(top_k=args.top)})
+        if not args.json:
+            print(f"{path}: {pred.prediction} ({pred.probs[pred.prediction]:.3f})")
+            for name, p in sorted(pred.probs.items(), key=lambda kv: -kv[1]):
+                print(f"  {p:6.3f}  {name}")
+    if args.json:
+        _print_json({"backbone": backbone.spec, "checkpoint": args.checkpoint, "classes": setup.class_names,
+                     "results": results})
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .data import LabelledImages, few_shot
+    from .evaluate import base_novel_split, harmonic_mean
+    from .losses import LossWeights
+    from .train import TrainConfig
+    from .visual import VisualPromptConfig
+    from .workflow import save_trained, train_prompts
+
+    protocol = args.protocol.replace("-", "_")
+    setup = _setup(args, None, protocol)
+    backbone = _backbone(args)
+    class_names, records = _load_data(args, setup.class_names, "train")
+    if not same_classes(class_names, setup.class_names):
+        print(f"warning: training on the data's classes {class_names}, not the preset's", file=sys.stderr)
+    base_ids, novel_ids = base_novel_split(len(class_names)) if protocol == "base2novel" else (list(range(len(class_names))), [])
+    train_records = few_shot([r for r in records if r.label in base_ids], args.shots, args.seed)
+    full_setup = _subset_setup(setup, class_names, range(len(class_names)))
+    setup = _subset_setup(setup, class_names, base_ids)
+    weights = LossWeights(
+        args.l1 if args.l1 is not None else setup.loss_weights.l1,
+        args.kl if args.kl is not None else setup.loss_weights.kl,
+    )
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                         mode="exact" if args.exact else "fast", views=args.views, loss_weights=weights)
+    data = LabelledImages.from_records(train_records, setup.class_names)
+    if args.holdout is not None:  # the app's few-shot run, with its held-out check (dpt_core.fewshot)
+        from .cli_fewshot import train_with_holdout
+
+        return train_with_holdout(args, backbone, setup, data, weights)
+    print(f"training on {len(data)} images of {len(setup.class_names)} classes ({config.mode} mode)", file=sys.stderr)
+
+    def on_step(info):
+        if info.step == info.steps_per_epoch - 1:
+            print(f"epoch {info.epoch + 1}/{info.epochs}  loss {info.loss['total']:.4f}  lr {info.lr:.2e}  "
+                  f"{info.elapsed_s:.1f}s", file=sys.stderr)
+
+    visual = VisualPromptConfig(layout=args.visual_layout)
+    outcome = train_prompts(backbone, setup, data, config, on_step=on_step, teacher_mode=args.teacher, visual=visual)
+    metrics = {}
+    if _split_file(args):
+        _, test = _load_data(args, class_names, "test")
+        metrics = _test_metrics(outcome, full_setup, class_names, test, base_ids, novel_ids, weights, backbone)
+        if protocol == "base2novel":
+            metrics["harmonic_mean"] = harmonic_mean(metrics["base_accuracy"], metrics["novel_accuracy"])
+        print("test: " + json.dumps(metrics), file=sys.stderr)
+    description = args.data_description or "Not described by the person who trained it."
+    out = save_trained(args.out, outcome, setup, config, metrics,
+                       data_description=f"{description} ({len(data)} training images, {args.shots} shots per class, "
+                                        f"from {Path(args.data).name}.)",
+                       protocol=protocol, training_extra={"shots": args.shots, "data": Path(args.data).name})
+    if args.json:
+        _print_json({"checkpoint": str(out), "holdout": None})
+    else:
+        print(str(out))
+    return 0
+
+
+def _subset_setup(setup, class_names, ids):
+    """The setup restricted to (and named after) the data's classes ``ids``."""
+    from dataclasses import replace
+
+    names = [class_names[i] for i in ids]
+    return replace(setup, class_names=names, descriptions=_resolve(setup, names))
+
+
+def _resolve(setup, names):
+    """Descriptions of ``names``: the setup's own (user overrides included), else the preset bank."""
+    from .descriptions import resolve_descriptions
+
+    return resolve_descriptions(names, setup.preset.name if setup.preset else None, setup.descriptions)
+
+
+def _test_metrics(outcome, setup, class_names, test, base_ids, novel_ids, weights, backbone) -> dict:
+    from .data import LabelledImages
+    from .evaluate import evaluate_features
+    from .features import encode_images
+    from .prompt_bank import build_prompt_bank
+    from .teacher import build_teacher
+
+    metrics = {}
+    for tag, ids in (("base", base_ids), ("novel", novel_ids)):
+        if not ids:
+            continue
+        names = [class_names[i] for i in ids]
+        remap = {old: new for new, old in enumerate(ids)}
+        recs = [r for r in test if r.label in remap]
+        if not recs:
+            continue
+        data = LabelledImages.from_records(recs, names)
+        labels = torch_tensor([remap[r.label] for r in recs])
+        outcome.model.prompt_learner.set_classes(names)  # same ctx, these class names
+        feats = encode_images(outcome.model, data.images)
+        desc = _resolve(setup, names)
+        teacher = build_teacher(build_prompt_bank(backbone, names, setup.templates, desc), "mean")
+        ev = evaluate_features(outcome.model, feats, labels, teacher.features(), weights)
+        key = "accuracy" if not novel_ids else f"{tag}_accuracy"
+        metrics[key] = ev.accuracy
+        metrics[f"{tag}_per_class" if novel_ids else "per_class"] = ev.per_class
+    outcome.model.prompt_learner.set_classes([class_names[i] for i in base_ids])
+    return metrics
+
+
+def torch_tensor(values):
+    import torch
+
+    return torch.tensor(values, dtype=torch.long)
+
+
+def cmd_evaluate(args) -> int:
+    from .data import LabelledImages
+    from .evaluate import evaluate_features
+    from .features import encode_images
+    from .losses import LossWeights
+    from .prompt_bank import build_prompt_bank
+    from .teacher import build_teacher
+    from .workflow import zero_shot_model
+
+    ckpt = _checkpoint(args)
+    setup = _setup(args, ckpt)
+    backbone = _backbone(args, ckpt)
+    class_names, records = _load_data(args, setup.class_names, args.split)
+    if not same_classes(class_names, setup.class_names):
+        raise CLIError(f"the data's classes {class_names} do not match {setup.class_names}")
+    model = ckpt.build_model(backbone, setup.class_names) if ckpt else zero_shot_model(backbone, setup)
+    weights = LossWeights(
+        args.l1 if args.l1 is not None else setup.loss_weights.l1,
+        args.kl if args.kl is not None else setup.loss_weights.kl,
+    )
+    mode = args.teacher or (ckpt.teacher_mode if ckpt else "mean")
+    data = LabelledImages.from_records(records, setup.class_names)
+    feats = encode_images(model, data.images)
+    if ckpt is not None and not args.teacher and not args.descriptions and "teacher.features" in ckpt.tensors \
+            and setup.class_names == ckpt.class_names:
+        teacher_text = ckpt.tensors["teacher.features"].to(backbone.device)  # exactly the training teacher
+    else:
+        bank = build_prompt_bank(backbone, setup.class_names, setup.templates, setup.descriptions)
+        teacher_text = build_teacher(bank, mode).features()
+    ev = evaluate_features(model, feats, data.labels, teacher_text, weights)
+    if args.json:
+        _print_json({"accuracy": ev.accuracy, "per_class": ev.per_class, "confusion_matrix": ev.confusion_matrix,
+                     "loss": ev.loss})
+    else:
+        print(f"accuracy {ev.accuracy:.4f} on {ev.n} images")
+        for name, acc in ev.per_class.items():
+            print(f"  {'-' if acc is None else f'{acc:.4f}'}  {name}")
+        print("loss " + ", ".join(f"{k} {v:.4f}" for k, v in ev.loss.items()))
+    return 0
+
+
+def cmd_import_dassl(args) -> int:
+    from .checkpoint import import_dassl, write_checkpoint
+
+    ckpt = import_dassl(args.file, args.preset, args.method, args.backbone)
+    print(str(write_checkpoint(ckpt, args.out)))
+    return 0
+
+
+def cmd_push(args) -> int:
+    from .checkpoint import read_folder
+    from .hub import push_folder
+
+    read_folder(args.checkpoint)  # refuse to publish something that would not load
+    print(push_folder(args.checkpoint, args.repo, token=args.token or os.environ.get("HF_TOKEN"), private=not args.public))
+    return 0
+
+
+def cmd_aggregate(args) -> int:
+    from .results import aggregate, render_markdown
+
+    result = aggregate(args.runs)
+    if not result["few_shot"] and not result["base2novel"]:
+        raise CLIError(f"no trained checkpoints with metrics under {args.runs}")
+    if args.json:
+        _print_json(result)
+    else:
+        sys.stdout.write(render_markdown(result))
+    return 0
+
+
+def cmd_write_backbone(args) -> int:
+    from .localdir import write_random_biomedclip, write_tiny_backbone
+
+    spec = write_tiny_backbone(args.out) if args.kind == "tiny" else write_random_biomedclip(args.out, args.seed)
+    print(spec)
+    return 0
+
+
+# ------------------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m dpt_core", description="Biomed-DPT prompt tuning for BiomedCLIP")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress of the library")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp, preset_required=False):
+        sp.add_argument("--backbone", help="hf-hub:ORG/REPO, local-dir:PATH or tiny (default: $DPT_BACKBONE or BiomedCLIP)")
+        sp.add_argument("--preset", required=preset_required, help="dataset preset, e.g. btmri")
+        sp.add_argument("--descriptions", help="JSON {class: [sentences]} replacing the bank for those classes")
+        sp.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+
+    sp = sub.add_parser("predict", help="classify images")
+    sp.add_argument("images", nargs="+")
+    common(sp)
+    sp.add_argument("--classes-file", help="one class name per line")
+    sp.add_argument("--checkpoint", help="folder, hf-hub:ORG/REPO[/SUB][@REV] or .pth.tar")
+    sp.add_argument("--top", type=int, default=10, help="prompts listed under contributions")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_predict)
+
+    sp = sub.add_parser("train", help="learn the prompt context on a few-shot set")
+    common(sp)
+    sp.add_argument("--classes-file", help=argparse.SUPPRESS)
+    sp.add_argument("--data", required=True, help="image folder (one subfolder per class) or dataset root")
+    sp.add_argument("--split-file", help="BiomedCoOp split_<NAME>.json")
+    sp.add_argument("--shots", type=int, required=True)
+    sp.add_argument("--epochs", type=int, required=True)
+    sp.add_argument("--seed", type=int, default=1)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--teacher", choices=["mean", "ranked"], default="mean")
+    sp.add_argument("--protocol", choices=["few-shot", "base2novel"], default="few-shot")
+    sp.add_argument("--exact", action="store_true", help="paper recipe step by step (fresh augmentation each step)")
+    sp.add_argument("--views", type=int, default=8, help="fast mode: augmented views cached per image")
+    sp.add_argument("--batch-size", type=int, default=4)
+    sp.add_argument("--lr", type=float, default=0.0025)
+    sp.add_argument("--l1", type=float, help="override lambda_L1")
+    sp.add_argument("--kl", type=float, help="override lambda_KL")
+    sp.add_argument("--visual-layout", choices=["reference", "insert"], default="reference")
+    sp.add_argument("--holdout", type=float, default=None, metavar="F",
+                    help="the app's few-shot run: hold out a share F of each class (e.g. 0.25) and compare "
+                         "the adapted prompt with the zero-shot one on it")
+    sp.add_argument("--json", action="store_true", help="with --holdout: print the checkpoint and the check as JSON")
+    sp.add_argument("--data-description", help="what the training images are (source, licence, population); "
+                                               "goes into the model card")
+    sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("evaluate", help="accuracy, confusion matrix and loss parts")
+    common(sp)
+    sp.add_argument("--classes-file", help=argparse.SUPPRESS)
+    sp.add_argument("--checkpoint")
+    sp.add_argument("--data", required=True)
+    sp.add_argument("--split-file")
+    sp.add_argument("--split", default="test", help="split of the split file (default test)")
+    sp.add_argument("--teacher", choices=["mean", "ranked"])
+    sp.add_argument("--l1", type=float)
+    sp.add_argument("--kl", type=float)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_evaluate)
+
+    sp = sub.add_parser("import-dassl", help="convert a reference/BiomedCoOp .pth.tar (no pickle executed)")
+    sp.add_argument("file")
+    sp.add_argument("--preset", required=True)
+    sp.add_argument("--method", choices=["biomeddpt", "biomedcoop"], default="biomeddpt")
+    sp.add_argument("--backbone")
+    sp.add_argument("--out", required=True)
+    sp.set_defaults(func=cmd_import_dassl)
+
+    sp = sub.add_parser("push", help="upload a checkpoint folder with its model card")
+    sp.add_argument("checkpoint")
+    sp.add_argument("--repo", required=True, help="ORG/NAME")
+    sp.add_argument("--token", help="default: $HF_TOKEN or the stored login")
+    sp.add_argument("--public", action="store_true", help="create the repo public (default private)")
+    sp.set_defaults(func=cmd_push)
+
+    sp = sub.add_parser("aggregate", help="paper-style tables from a folder of trained checkpoints")
+    sp.add_argument("runs")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_aggregate)
+
+    sp = sub.add_parser("write-backbone", help="write a random-weight backbone in open_clip's local layout")
+    sp.add_argument("--kind", choices=["tiny", "biomedclip-random"], default="tiny")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(func=cmd_write_backbone)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from .backbone import BackboneError
+    from .checkpoint import CheckpointError
+    from .data import DataError
+    from .descriptions import DescriptionsError
+    from .hub import HubError
+
+    try:
+        return args.func(args)
+    except (CLIError, BackboneError, CheckpointError, DataError, DescriptionsError, HubError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1

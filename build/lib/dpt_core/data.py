@@ -1,0 +1,163 @@
+"""Data: image folders, BiomedCoOp split files, few-shot sampling and transforms.
+
+- An image folder has one subfolder per class. A subfolder matches a class when
+  the names are equal after ``_`` -> space and case folding; subfolders are
+  taken in the preset's label order when they all match it, else sorted.
+- A BiomedCoOp split file is ``{"train"|"val"|"test": [[rel_path, label,
+  classname], ...]}``; ``rel_path`` is resolved against the data root, then
+  against the split file's folder.
+- Few-shot subsets: K images per class drawn without replacement with
+  ``random.Random(seed)`` from the train split (all of them when a class has
+  fewer than K).
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from .backbone import Backbone
+from .descriptions import class_key
+from .errors import InputError
+from .imageio import load_image
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".dcm", ".dicom", ""}
+
+
+class DataError(InputError):
+    """The data folder or split file does not fit; the message says how."""
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    path: Path
+    label: int
+    class_name: str
+
+
+def eval_transform(backbone: Backbone) -> T.Compose:
+    """Resize the shorter side (bicubic), centre crop, normalise: BiomedCLIP's preprocessing."""
+    size = backbone.image_size
+    return T.Compose([
+        T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
+        T.CenterCrop(size),
+        T.ToTensor(),
+        T.Normalize(backbone.mean, backbone.std),
+    ])
+
+
+def train_transform(backbone: Backbone) -> T.Compose:
+    """The paper's only augmentation: RandomResizedCrop(224, scale (0.08, 1), bicubic)."""
+    return T.Compose([
+        T.RandomResizedCrop(backbone.image_size, scale=(0.08, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+        T.ToTensor(),
+        T.Normalize(backbone.mean, backbone.std),
+    ])
+
+
+def match_class_folders(folders: Sequence[str], class_names: Sequence[str] | None) -> tuple[list[str], dict[str, int]]:
+    """Class names in label order and the label of each folder."""
+    if class_names is not None:
+        by_key = {class_key(c): i for i, c in enumerate(class_names)}
+        if folders and all(class_key(f) in by_key for f in folders):
+            return list(class_names), {f: by_key[class_key(f)] for f in folders}
+    ordered = sorted(folders)
+    return [f.replace("_", " ") for f in ordered], {f: i for i, f in enumerate(ordered)}
+
+
+def scan_image_folder(root: str | Path, class_names: Sequence[str] | None = None) -> tuple[list[str], list[ImageRecord]]:
+    """(class names in label order, records) of a folder with one subfolder per class."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder")
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise DataError(f"{root} has no class subfolders")
+    names, labels = match_class_folders(folders, class_names)
+    records = [
+        ImageRecord(path, labels[folder], names[labels[folder]])
+        for folder in folders
+        for path in sorted((root / folder).iterdir())
+        if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    if not records:
+        raise DataError(f"no images found under {root}")
+    return names, records
+
+
+def read_split_file(root: str | Path, split_file: str | Path, split: str) -> tuple[list[str], list[ImageRecord]]:
+    """Records of one split of a BiomedCoOp ``split_<NAME>.json``; class names by label id."""
+    root, split_file = Path(root), Path(split_file)
+    if not split_file.is_absolute() and not split_file.is_file():
+        split_file = root / split_file
+    try:
+        raw = json.loads(split_file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"cannot read split file {split_file.name}: {exc}") from exc
+    if split not in raw:
+        raise DataError(f"split file {split_file.name} has no {split!r} split (has {', '.join(raw)})")
+    names: dict[int, str] = {}
+    for split_items in raw.values():
+        for _rel, label, name in split_items:
+            names.setdefault(int(label), str(name))
+    class_names = [names[i] for i in sorted(names)]
+    if sorted(names) != list(range(len(class_names))):
+        raise DataError(f"labels in {split_file.name} are not 0..C-1")
+    records = []
+    for rel, label, name in raw[split]:
+        path = root / rel
+        if not path.exists():
+            path = split_file.parent / rel
+        records.append(ImageRecord(path, int(label), str(name)))
+    return class_names, records
+
+
+def few_shot(records: Sequence[ImageRecord], shots: int, seed: int) -> list[ImageRecord]:
+    """K records per class, drawn per seed (label order kept, then file order)."""
+    if shots <= 0:
+        return list(records)
+    rng = random.Random(seed)
+    by_label: dict[int, list[ImageRecord]] = {}
+    for r in records:
+        by_label.setdefault(r.label, []).append(r)
+    out: list[ImageRecord] = []
+    for label in sorted(by_label):
+        items = by_label[label]
+        out.extend(items if len(items) <= shots else rng.sample(items, shots))
+    return out
+
+
+def load_pil(records: Sequence[ImageRecord]) -> list[Image.Image]:
+    """Decode every record once (PNG/JPEG/TIFF/DICOM through ``imageio``)."""
+    return [load_image(r.path).image for r in records]
+
+
+@dataclass
+class LabelledImages:
+    """Decoded images with labels, small enough to keep in memory (few-shot sets)."""
+
+    images: list[Image.Image]
+    labels: torch.Tensor  # [N] long
+    class_names: list[str]
+
+    @classmethod
+    def from_records(cls, records: Sequence[ImageRecord], class_names: Sequence[str]) -> "LabelledImages":
+        return cls(load_pil(records), torch.tensor([r.label for r in records], dtype=torch.long), list(class_names))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def labels_only(self) -> "LabelledImages":
+        """The same set without its pixels: fast-mode training steps read only the labels (the image
+        features are cached), and a set that crosses a process boundary should not carry images."""
+        return LabelledImages([], self.labels, self.class_names)
+
+    def subset(self, indices: Sequence[int]) -> "LabelledImages":
+        idx = list(indices)
+        return LabelledImages([self.images[i] for i in idx], self.labels[idx], self.class_names)

@@ -1,0 +1,96 @@
+"""The one place that talks to the Hugging Face Hub for checkpoints (download and push).
+
+Checkpoint ids on the Hub: ``hf-hub:ORG/REPO[/SUBFOLDER...][@REVISION]``. A
+path ending in a file (e.g. ``.../model.pth.tar-100``) names that file.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ResourceError
+
+HF_PREFIX = "hf-hub:"
+
+
+class HubError(ResourceError):
+    """A Hub operation failed; the message says why in plain words."""
+
+
+@dataclass(frozen=True)
+class HubRef:
+    repo_id: str  # ORG/REPO
+    path: str  # subfolder or file inside the repo ("" for the root)
+    revision: str | None
+
+    def __str__(self) -> str:
+        tail = f"/{self.path}" if self.path else ""
+        rev = f"@{self.revision}" if self.revision else ""
+        return f"{HF_PREFIX}{self.repo_id}{tail}{rev}"
+
+
+def parse_hub_id(ckpt_id: str) -> HubRef:
+    body = ckpt_id[len(HF_PREFIX):] if ckpt_id.startswith(HF_PREFIX) else ckpt_id
+    revision = None
+    if "@" in body:
+        body, revision = body.rsplit("@", 1)
+        if not revision:
+            raise HubError(f"empty revision in {ckpt_id!r}")
+    parts = [p for p in body.split("/") if p]
+    if len(parts) < 2:
+        raise HubError(f"not a Hub checkpoint id: {ckpt_id!r} (expected hf-hub:ORG/REPO[/SUBFOLDER][@REVISION])")
+    for p in parts:
+        if p in (".", "..") or not re.fullmatch(r"[\w.\-+]+", p):
+            raise HubError(f"invalid path component {p!r} in {ckpt_id!r}")
+    return HubRef("/".join(parts[:2]), "/".join(parts[2:]), revision)
+
+
+def _explain(exc: Exception, what: str) -> HubError:
+    name = type(exc).__name__
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    if "Offline" in name or "offline" in text.lower():
+        return HubError(f"{what}: the Hub is not reachable in offline mode (HF_HUB_OFFLINE is set)")
+    if "LocalEntryNotFound" in name:  # no connection and nothing in the local cache
+        return HubError(f"{what}: could not reach the Hugging Face Hub and it is not in the local cache")
+    if "EntryNotFound" in name or "404" in text:
+        return HubError(f"{what}: not found on the Hub")
+    if "RepositoryNotFound" in name or "401" in text or "403" in text:
+        return HubError(f"{what}: repository not found or access denied (private repos need a token)")
+    if "Connect" in name or "Timeout" in name:
+        return HubError(f"{what}: could not reach the Hugging Face Hub")
+    return HubError(f"{what}: {name}: {text}")
+
+
+def download_file(ref: HubRef, filename: str | None = None, token: str | None = None) -> Path:
+    """One file of a Hub repo (``filename`` inside ``ref.path``, or ``ref.path`` itself) in the local cache."""
+    from huggingface_hub import hf_hub_download
+
+    full = "/".join(p for p in (ref.path, filename or "") if p)
+    sub, _, name = full.rpartition("/")
+    try:
+        return Path(hf_hub_download(ref.repo_id, name, subfolder=sub or None, revision=ref.revision, token=token))
+    except Exception as exc:  # every failure becomes one readable message
+        raise _explain(exc, f"{ref.repo_id}/{full}") from exc
+
+
+def valid_repo_id(repo_id: str | None) -> bool:
+    """Whether ``repo_id`` has the ORG/NAME form of a Hub repository."""
+    return bool(re.fullmatch(r"[\w.\-]+/[\w.\-]+", repo_id or ""))
+
+
+def push_folder(folder: str | Path, repo_id: str, token: str | None = None, private: bool = True,
+                path_in_repo: str | None = None, message: str = "Add Biomed-DPT prompt checkpoint") -> str:
+    """Create the model repo if needed (private by default) and upload ``folder``; returns the repo URL."""
+    from huggingface_hub import HfApi
+
+    if not valid_repo_id(repo_id):
+        raise HubError(f"repository name must look like ORG/NAME, not {repo_id!r}")
+    api = HfApi(token=token)
+    try:
+        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, path_in_repo=path_in_repo,
+                          commit_message=message, repo_type="model")
+    except Exception as exc:
+        raise _explain(exc, f"push to {repo_id}") from exc
+    return str(url)

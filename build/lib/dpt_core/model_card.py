@@ -1,0 +1,79 @@
+"""The model card (README.md) written next to every checkpoint."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+PAPER = ("Peng, Hu, Liu, Zhang. Biomed-DPT: Dual Modality Prompt Tuning for Biomedical "
+         "Vision-Language Models. IEEE JBHI 2026 (doi 10.1109/JBHI.2026.3686818); arXiv 2505.05189.")
+
+
+def _fmt_metrics(metrics: dict[str, Any]) -> str:
+    if not metrics:
+        return "No held-out evaluation was recorded for this checkpoint."
+    lines = []
+    for key, value in metrics.items():
+        if isinstance(value, float):
+            value = f"{value:.4f}"
+        elif isinstance(value, (dict, list)):
+            value = "`" + json.dumps(value) + "`"
+        lines.append(f"- **{key}**: {value}")
+    return "\n".join(lines)
+
+
+def render_model_card(config: dict[str, Any]) -> str:
+    """Markdown card: intended use, data, metrics, method, and how to load it."""
+    random_note = (
+        "\n> **The backbone this was trained on has random weights.** Its predictions are meaningless; "
+        "it exists for testing only.\n" if config.get("backbone_random_weights") else ""
+    )
+    classes = ", ".join(config.get("class_names", []))
+    teacher = config.get("teacher", {}).get("mode", "mean")
+    data = config.get("data_description") or "Not described by the person who trained it."
+    return f"""---
+library_name: biomed-dpt
+tags: [biomed-dpt, prompt-tuning, biomedclip, medical-imaging, research-only]
+base_model: {config.get('backbone', '').removeprefix('hf-hub:')}
+---
+
+# Biomed-DPT prompt checkpoint ({config.get('preset') or 'custom classes'})
+
+Learned text context ({config.get("n_ctx")} tokens) for a frozen BiomedCLIP-style backbone (named below),
+trained with Biomed-DPT prompt tuning (method `{config.get('method')}`, teacher `{teacher}`).
+Only prompt tensors are stored here; the backbone is loaded separately.
+{random_note}
+## Intended use
+
+Research on prompt learning for medical vision-language models. **This is not a medical device
+and must not be used for diagnosis, triage or any clinical decision.** Predictions of few-shot
+prompt learners are unstable, depend on the acquisition protocol and population, and have not
+been validated clinically.
+
+## Details
+
+- Backbone: `{config.get('backbone')}` (revision: {config.get('backbone_revision') or 'unknown'})
+- Modality / organ: {config.get('modality') or '-'} / {config.get('organ') or '-'}
+- Classes (label order): {classes}
+- Template: `{config.get('template')}`; context replaces the first {config.get('n_ctx')} word-pieces
+- Visual prompts: {config.get('visual_prompts')}
+- Loss weights: {config.get('loss_weights')}
+- Training settings: `{json.dumps(config.get('training', {}))}`
+
+## Training data
+
+{data}
+
+## Metrics
+
+{_fmt_metrics(config.get('metrics', {}))}
+
+## How to use
+
+```bash
+python -m dpt_core predict scan.png --preset {config.get('preset') or 'NAME'} --checkpoint PATH_OR_HUB_ID --json
+```
+
+## Method
+
+{PAPER}
+"""
