@@ -135,8 +135,11 @@ def contribution_rows(prediction: Prediction, class_name: str, k_templates: int 
 
 
 def contributions_plot_frame(rows: Sequence[PromptContribution]) -> pd.DataFrame:
-    """BarPlot data: one bar per prompt, labelled "#rank first words", coloured by source."""
-    data = [[f"#{i} {_short(r.text, 28)}", round(r.contribution, 4), _source_name(r.source)]
+    """BarPlot data: one bar per prompt, labelled "rank source: first words" (zero-padded: the axis
+    sorts labels as text), coloured by source. The label names the source, so no legend is needed
+    (Gradio's bottom legend is clipped in a narrow column)."""
+    data = [[f"{i:02d} {_source_name(r.source)}: {_short(r.text, 36)}", round(r.contribution, 4),
+             _source_name(r.source)]
             for i, r in enumerate(rows, start=1)]
     return pd.DataFrame(data, columns=CONTRIB_COLUMNS)
 

@@ -93,6 +93,16 @@ def _unload_cleanup(demo: gr.Blocks, session: gr.State):
     return cleanup
 
 
+# Phone widths: table headers break between words, not inside them; class names wrap instead of
+# being cut; the tables' text is a size smaller.
+NARROW_CSS = """
+@media (max-width: 640px) {
+  #class-table *, #sources-table *, #contrib-table * { font-size: 13px !important; }
+  #sources-table th *, #contrib-table th * { word-break: normal !important; overflow-wrap: normal !important; }
+  #class-table td:first-child * { white-space: normal !important; text-overflow: clip !important; }
+}
+"""
+
 def launch_options() -> dict[str, Any]:
     """Privacy defaults for ``launch``: no run history, no share link, bounded uploads."""
     return {
@@ -102,6 +112,7 @@ def launch_options() -> dict[str, Any]:
         "max_file_size": MAX_FILE_SIZE,
         "allowed_paths": [str(EXAMPLES_DIR)],  # the examples gallery serves these files
         "footer_links": ["api", "gradio", "settings"],
+        "css": NARROW_CSS,
     }
 
 

@@ -46,7 +46,7 @@ def create_predict_tab(services: Services, session: gr.State) -> PredictHandles:
 
     with gr.Row(equal_height=False):
         with gr.Column(scale=5):
-            image = gr.File(label="Scan (PNG, JPEG, TIFF or DICOM, with or without .dcm)", file_count="single",
+            image = gr.File(label="Scan (PNG, JPEG, TIFF, DICOM)", file_count="single",
                             type="filepath", height=150, elem_id="scan-file")
             frame = gr.Slider(1, 2, value=1, step=1, label="Frame (multi-frame files; 1 = first)", visible=False,
                               elem_id="frame")
@@ -107,15 +107,17 @@ def create_predict_tab(services: Services, session: gr.State) -> PredictHandles:
     with gr.Row(equal_height=False):
         label = gr.Label(label="Prediction (learned prompt)", num_top_classes=10, elem_id="prediction-label")
         sources = gr.Dataframe(headers=fmt.SOURCE_HEADERS, label="Probability by prompt source", interactive=False,
-                               wrap=True)
+                               wrap=True, column_widths=["31%", "23%", "23%", "23%"], elem_id="sources-table")
     modality_md = gr.Markdown(elem_id="modality-check")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
             contrib_class = gr.Dropdown([], label="Prompt contributions for class", allow_custom_value=True,
                                         elem_id="contrib-class")
-            contrib_plot = gr.BarPlot(x="prompt", y="contribution", color="source", sort="-y",
-                                      x_label_angle=-35, height=320, label="Top prompt contributions",
-                                      x_title="prompt", y_title="weight × τ × cosine")
+            # Horizontal bars (a number on x, the prompt on y): the prompt text reads left to right.
+            # Bars start at 0; the labels' zero-padded ranks keep the largest contribution on top.
+            contrib_plot = gr.BarPlot(x="contribution", y="prompt", color="source", x_lim=[0, None], colors_in_legend=[],
+                                      height=520, label="Top prompt contributions", elem_id="contrib-chart",
+                                      x_title="weight × τ × cosine", y_title="")
         with gr.Column(scale=4):
             contrib_table = gr.Dataframe(headers=fmt.DETAIL_COLUMNS, column_widths=["6%", "17%", "53%", "12%", "12%"],
                                          label="Contributions (weight × τ × cosine with the image)",
