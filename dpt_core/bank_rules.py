@@ -17,8 +17,8 @@ medical truth; that stays with the reviewer.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 GRAYSCALE_MODALITIES = frozenset({"MRI", "CT", "X-ray", "ultrasound", "OCT"})
 ALL = None  # a rule that applies to every modality
@@ -95,21 +95,25 @@ RULES: tuple[Rule, ...] = (
           GRAYSCALE_MODALITIES),
 )
 
-_STOPWORDS = frozenset("""  # noqa: SIM905 (a word list reads better as text)
+def _wordset(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+_STOPWORDS = _wordset("""
 a an the and or of in on at to by with within into onto from for as is are was were be been being
 this that these those its it their there here which who whose than then so such each every any some
 over under between across along around through throughout beside behind beyond upon toward towards
 per about against among up down out off one two three several many much more most less few very
 has have had having also both only just same other
-""".split())
+""")
 # Words that carry no finding: naming the image, the act of seeing, or a lesion in general.
-_FILLER = frozenset("""  # noqa: SIM905
+_FILLER = _wordset("""
 image images scan scans photo photograph picture view views slice slices frame field section shows show
 showing shown seen see visible appears appear appearance typical typically consistent feature features
 finding findings case example pattern lesion lesions tissue disease condition diagnosis suggest
 suggests suggesting suggestive indicates indicating indicate characteristic classic sign signs
 evident demonstrates demonstrating depicts depicting present presence identified noted
-""".split())
+""")
 
 
 @dataclass(frozen=True)
