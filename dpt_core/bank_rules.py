@@ -207,6 +207,12 @@ def check_bank(bank: Mapping[str, Sequence[str]], modality: str, organ: str = ""
             if restates_label(s, cls, modality, organ):
                 out.append(Violation(cls, s, "restates-label",
                                      f"fewer than {MIN_CONTENT_WORDS} words beyond the class name"))
+        for s in sentences:
+            for other in bank:
+                # A class named inside this one ("polyps" in "dyed lifted polyps") may be named.
+                if other != cls and not names_class(cls, other) and names_class(s, other):
+                    out.append(Violation(cls, s, "names-other-class",
+                                         f"names {other!r}, which pulls the sentence towards that class"))
         naming = sum(names_class(s, cls) for s in sentences)
         if sentences and naming / len(sentences) > MAX_SHARE_NAMING_CLASS:
             out.append(Violation(cls, "", "names-class", f"{naming}/{len(sentences)} sentences name the "

@@ -102,3 +102,10 @@ def test_shipped_bank_follows_the_rules(name):
     preset = load_preset(name)
     problems = check_bank(load_bank(name), preset.modality, preset.organ)
     assert not problems, f"{len(problems)} problem(s):\n" + "\n".join(map(str, problems[:40]))
+
+
+def test_naming_another_class_is_caught_unless_it_is_part_of_the_own_name():
+    bank = {"polyps": [], "dyed lifted polyps": ["A blue cushion lifts the polyp off the bowel wall."],
+            "normal cecum": ["The appendiceal orifice sits beside a small polyp on pale mucosa."]}
+    hits = [(v.cls, v.detail) for v in check_bank(bank, "endoscopy", "colon") if v.rule == "names-other-class"]
+    assert hits == [("normal cecum", "names 'polyps', which pulls the sentence towards that class")]
