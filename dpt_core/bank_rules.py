@@ -222,7 +222,8 @@ def check_bank(bank: Mapping[str, Sequence[str]], modality: str, organ: str = ""
     return out
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: print each problem of a descriptions file; exit 1 if there is any."""
     import argparse
     import sys
 
@@ -248,4 +249,4 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(_main())
+    raise SystemExit(main())

@@ -1,5 +1,7 @@
 """The bank rules (assets/descriptions/RULES.md): each rule catches what it should, and every
 shipped bank follows all of them."""
+import json
+
 import pytest
 
 from dpt_core.bank_rules import (
@@ -7,6 +9,7 @@ from dpt_core.bank_rules import (
     check_bank,
     content_words,
     jaccard,
+    main,
     near_duplicates,
     restates_label,
     rule_hits,
@@ -112,3 +115,16 @@ def test_naming_another_class_is_caught_unless_it_is_part_of_the_own_name():
             "normal cecum": ["The appendiceal orifice sits beside a small polyp on pale mucosa."]}
     hits = [(v.cls, v.detail) for v in check_bank(bank, "endoscopy", "colon") if v.rule == "names-other-class"]
     assert hits == [("normal cecum", "names 'polyps', which pulls the sentence towards that class")]
+
+
+def test_command_line_checks_a_user_file(tmp_path, capsys):
+    good = {c: s for c, s in load_bank("busi").items()}
+    bad = dict(good, **{"normal scan": good["normal scan"][:24] + ["No mass is seen in the breast tissue."]})
+    (tmp_path / "good.json").write_text(json.dumps(good))
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    assert main([str(tmp_path / "good.json"), "busi"]) == 0
+    assert main([str(tmp_path / "bad.json"), "busi"]) == 1
+    out = capsys.readouterr().out
+    assert "[negation] normal scan: 'No mass is seen in the breast tissue.'" in out
+    assert main([str(tmp_path / "missing.json"), "busi"]) == 1
+    assert capsys.readouterr().err.startswith("error: cannot read descriptions file missing.json")
