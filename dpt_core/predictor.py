@@ -21,9 +21,9 @@ import torch
 from PIL import Image
 
 from .backbone import Backbone
-from .errors import InputError
 from .checkpoint import PromptCheckpoint
 from .combine import CombinationNet
+from .errors import InputError
 from .features import encode_images
 from .model import BiomedDPT
 from .prompt_bank import SOURCES, build_prompt_bank
