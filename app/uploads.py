@@ -130,7 +130,8 @@ def load_class_images(class_names: Sequence[str], files_per_class: Sequence[Sequ
         raise FewShotError("Every class needs at least one image. No image yet for: " + ", ".join(missing) + ".")
     too_many = [f"{n} ({len(f)})" for n, f in zip(class_names, files) if len(f) > limits.max_per_class]
     if too_many:
-        raise FewShotError(f"At most {limits.max_per_class} images per class; too many for: " + ", ".join(too_many) + ".")
+        raise FewShotError(f"At most {limits.max_per_class} images per class; too many for: "
+                           + ", ".join(too_many) + ".")
     total = sum(_size(p) for f in files for p in f)
     if total > limits.max_total_bytes:
         raise FewShotError(f"The uploads add up to {_mb(total)}; the limit is {_mb(limits.max_total_bytes)}.")

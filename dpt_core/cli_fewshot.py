@@ -61,4 +61,5 @@ def train_with_holdout(args: Namespace, backbone: Backbone, setup: ClassSetup, d
 def _summary(result: FewShotResult) -> str:
     c = result.check
     return (f"held-out check on {c.n_images} images: adapted {c.adapted.accuracy:.3f}, "
-            f"zero-shot {c.zero_shot.accuracy:.3f} ({result.epochs_completed} epochs, {result.n_train} training images)")
+            f"zero-shot {c.zero_shot.accuracy:.3f} ({result.epochs_completed} epochs, "
+            f"{result.n_train} training images)")

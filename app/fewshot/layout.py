@@ -199,7 +199,8 @@ def _build(services: Services) -> _Ui:
         consent=consent, epochs=epochs, views=views, lr=lr, l1=l1, kl=kl, teacher=teacher, layout=layout,
         seed=seed, train=train, stop=stop_btn, status=status, plot=plot, result=result, summary=summary,
         per_class=per_class, confusion=confusion, use=use, download=download, repo=repo, token=token,
-        private=private, push=push_btn, push_msg=push_msg, train_hint=train_hint, train_msg=train_msg, zip_msg=zip_msg, push_err=push_err,
+        private=private, push=push_btn, push_msg=push_msg, train_hint=train_hint, train_msg=train_msg,
+        zip_msg=zip_msg, push_err=push_err,
         pending=gr.State(None, time_to_live=PENDING_TTL_S),  # validated images, memory only
         last=gr.State(None),  # the last result: label, folder, zip path, preset (strings only)
     )

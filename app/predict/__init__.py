@@ -1,1 +1,1 @@
-"""The Predict tab: ``layout`` (components, wiring), ``handlers`` (events), ``view`` formatting in ``app.formatting``."""
+"""The Predict tab: ``layout`` (components, wiring) and ``handlers`` (events); its view is ``app.formatting``."""

@@ -370,7 +370,8 @@ class PredictController:
         preset = (preset or "").strip().lower() or None
         if preset and preset != CUSTOM and preset not in list_presets():
             # reprlib: an error must not echo a multi-megabyte argument back to the caller
-            raise InputError(f"unknown preset {reprlib.repr(preset)}; known presets: {', '.join(list_presets())}, custom")
+            raise InputError(f"unknown preset {reprlib.repr(preset)}; "
+                             f"known presets: {', '.join(list_presets())}, custom")
         setup = self.services.setup(preset, parse_classes_text(classes), parse_descriptions_text(descriptions))
         return PredictRequest(self.load(image, None if frame is None or frame < 0 else frame), setup,
                               self.checkpoint_id(checkpoint, None), str(image))

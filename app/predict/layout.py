@@ -115,7 +115,8 @@ def create_predict_tab(services: Services, session: gr.State) -> PredictHandles:
                                         elem_id="contrib-class")
             # Horizontal bars (a number on x, the prompt on y): the prompt text reads left to right.
             # Bars start at 0; the labels' zero-padded ranks keep the largest contribution on top.
-            contrib_plot = gr.BarPlot(x="contribution", y="prompt", color="source", x_lim=[0, None], colors_in_legend=[],
+            contrib_plot = gr.BarPlot(x="contribution", y="prompt", color="source", x_lim=[0, None],
+                                      colors_in_legend=[],
                                       height=520, label="Top prompt contributions", elem_id="contrib-chart",
                                       x_title="weight × τ × cosine", y_title="")
         with gr.Column(scale=4):
