@@ -32,7 +32,8 @@ from dpt_core.describe import (
 )
 from dpt_core.descriptions import load_bank
 from dpt_core.errors import InputError
-from dpt_core.explain import Explanation, attention_rollout, gradcam
+from dpt_core.explain import Explanation
+from dpt_core.explanation import METHODS, check_target, explain_image
 from dpt_core.fewshot import FewShotResult, TrainSettings
 from dpt_core.modality import ModalityCheck, check_modality
 from dpt_core.predictor import Prediction, Predictor
@@ -58,7 +59,7 @@ FALLBACK_BANNER = (
     "in the local cache, so the app runs on the 'tiny' test backbone instead. "
 )
 GENERATOR_BACKENDS = ("retrieval", "hf-inference", "local")
-EXPLAIN_METHODS = ("gradcam", "rollout")
+EXPLAIN_METHODS = METHODS
 
 T = TypeVar("T")
 
@@ -283,24 +284,14 @@ class Services:
         phrase: str | None = None,
     ) -> Explanation:
         """Grad-CAM towards a class's learned prompt (default: the predicted class) or a typed phrase; or rollout."""
-        if method not in EXPLAIN_METHODS:
-            raise InputError(f"unknown explanation method {method!r}; use one of {', '.join(EXPLAIN_METHODS)}")
-        if target_class and target_class not in setup.class_names:
-            raise InputError(f"unknown class {target_class!r}; choose one of the current classes")
+        check_target(method, list(setup.class_names), target_class)  # before any GPU call
         checkpoint_id, ckpt = self._checkpoint(setup, checkpoint_id)
         phrase = " ".join((phrase or "").split())
         return self.calls.explain(self.ref, setup, checkpoint_id, ckpt, image, method, target_class, phrase).unwrap()
 
     def explain_here(self, setup: ClassSetup, checkpoint_id: str | None, checkpoint: PromptCheckpoint | None,
                      image: Image.Image, method: str, target_class: str | None, phrase: str) -> Explanation:
-        predictor = self.predictor(setup, checkpoint_id, checkpoint)
-        if method == "rollout":
-            return attention_rollout(predictor.model, image)
-        if phrase:
-            return gradcam(predictor.model, image, encode_cached(self.backbone, [phrase])[0], target=phrase)
-        name = target_class or predictor.predict_features(predictor.image_features([image]))[0].prediction
-        text = predictor.text_features[predictor.class_names.index(name)]  # the learned prompt of that class
-        return gradcam(predictor.model, image, text, target=name)
+        return explain_image(self.predictor(setup, checkpoint_id, checkpoint), image, method, target_class, phrase)
 
     # ------------------------------------------------------------------ descriptions
     def generate_descriptions(
