@@ -74,13 +74,21 @@ CONSENT_TEXT = "These images are de-identified and I may use them for this purpo
 
 @dataclass
 class PendingRun:
-    """A validated request waiting for its turn (kept in a per-session gr.State, in memory)."""
+    """A validated request waiting for its turn (kept in a per-session gr.State).
+
+    It holds the upload paths, not decoded images: a run waiting in the queue costs no
+    memory, and the images are decoded again (cheap next to training) when it starts.
+    """
 
     setup: ClassSetup
-    data: LabelledImages
+    files: list[list[str]]  # per class, in class order: files in the session's upload cache
     settings: TrainSettings
     description: str
 
+    @property
+    def data(self) -> LabelledImages:
+        """The images, decoded and checked now (the files were checked when the run was queued)."""
+        return load_class_images(self.setup.class_names, self.files)
 
 
 # =========================================================================== errors
@@ -158,7 +166,9 @@ def prepare(state: dict | None, services: Services, preset: str, classes_text: s
               "server). Prediction keeps working meanwhile." if busy else "Starting...")
     session_dir(state)
     JOBS.enqueue(session_key)  # Stop can cancel it while it waits in the queue
-    return state, PendingRun(setup, data, settings, description or ""), status
+    paths = [[str(p) for p in (f or [])] for f in files[:len(names)]]
+    del data  # checked; the pending run keeps the paths only
+    return state, PendingRun(setup, paths, settings, description or ""), status
 
 
 def train_stream(services: Services, state: dict | None, pending: PendingRun | None, ui: Any, session_key: str):

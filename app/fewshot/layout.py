@@ -201,7 +201,7 @@ def _build(services: Services) -> _Ui:
         per_class=per_class, confusion=confusion, use=use, download=download, repo=repo, token=token,
         private=private, push=push_btn, push_msg=push_msg, train_hint=train_hint, train_msg=train_msg,
         zip_msg=zip_msg, push_err=push_err,
-        pending=gr.State(None, time_to_live=PENDING_TTL_S),  # validated images, memory only
+        pending=gr.State(None, time_to_live=PENDING_TTL_S),  # a validated run: upload paths and settings
         last=gr.State(None),  # the last result: label, folder, zip path, preset (strings only)
     )
 
