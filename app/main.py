@@ -21,7 +21,7 @@ from .examples import EXAMPLES_DIR
 from .fewshot.layout import create_fewshot_tab
 from .predict.layout import create_predict_tab
 from .services import Services
-from .session import cleanup_session_state, new_session_state
+from .session import cleanup_session_state, end_session, start_session
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def build_demo(services: Services) -> gr.Blocks:
         # Filled on page load by a private event: a callable State value would become a public
         # /new_session_state endpoint that hands out server paths.
         session = gr.State(None, delete_callback=cleanup_session_state)
-        demo.load(new_session_state, None, session, api_visibility="private")
+        demo.load(_start_session, None, session, api_visibility="private")
         with gr.Tabs() as tabs:
             with gr.Tab("Predict", id="predict") as predict_tab:
                 handles = create_predict_tab(services, session)
@@ -69,28 +69,18 @@ def build_demo(services: Services) -> gr.Blocks:
         # Checkpoints trained on the other tab appear when coming back (choices only; the value stays).
         predict_tab.select(lambda p, s: gr.update(choices=checkpoint_choices(p, s)),
                            [handles.preset, session], [handles.checkpoint], api_visibility="private")
-        demo.unload(_unload_cleanup(demo, session))
+        demo.unload(_end_session)
     return demo
 
 
-def _unload_cleanup(demo: gr.Blocks, session: gr.State):
-    """Delete the session folder as soon as the tab closes.
+def _start_session(request: gr.Request) -> dict:
+    return start_session(getattr(request, "session_hash", None))
 
-    The State's delete_callback does the same, but Gradio runs it only up to an
-    hour after the tab closed; unload events get no inputs, so the session's state
-    is looked up through the request's session hash (best effort: the delete
-    callback and the exit handler remain as fallbacks).
-    """
 
-    def cleanup(request: gr.Request) -> None:
-        try:
-            data = demo.state_holder.session_data.get(request.session_hash)
-            value = data.state_data.get(session._id) if data is not None else None
-        except AttributeError:  # Gradio internals moved: the fallbacks still clean up
-            return
-        cleanup_session_state(value)
-
-    return cleanup
+def _end_session(request: gr.Request) -> None:
+    """Delete the session folder as soon as the tab closes (the State's delete callback runs
+    up to an hour later; it and the exit handler remain as fallbacks)."""
+    end_session(getattr(request, "session_hash", None))
 
 
 # Phone widths: table headers break between words, not inside them; class names wrap instead of
