@@ -35,12 +35,15 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-# A lexical match must cover this share of the query's weighted words.
+# A lexical match must cover this share of the query's weighted words (every word must be in
+# the class somewhere; words found only in its sentences count for SENTENCE_WEIGHT).
 LEXICAL_THRESHOLD = 0.5
 # A match in a sentence counts a little less than one in the class name itself.
 SENTENCE_WEIGHT = 0.8
 # The best class must beat the runner-up by this much, else the query is ambiguous.
-MARGIN = 0.1
+MARGIN = 0.05
+# Bonus for the share of the class name that the query accounts for (a tie-breaker).
+NAME_BONUS = 0.1
 # Cosine between query and class phrases (real text encoder) needed to propose a class, and
 # the lead over the runner-up (cosines of a CLIP text tower crowd together, so it is small).
 EMBEDDING_THRESHOLD = 0.8
@@ -90,6 +93,15 @@ _SYNONYMS = {
     "cnv": "choroidal neovascularization", "amd": "macular degeneration",
     "uc": "ulcerative colitis", "gerd": "esophagitis", "reflux": "esophagitis",
 }
+# Named kinds of tumour: each also counts as the informative word "neoplasm", which a class
+# named "... tumor" carries too, so "pituitary adenoma" reaches "pituitary tumor". The bare
+# word "tumour" stays generic: it names no finding of its own.
+NEOPLASM = "neoplasm"
+_TUMOUR_KINDS = frozenset({
+    "carcinoma", "adenoma", "sarcoma", "lymphoma", "melanoma", "glioma", "glioblastoma", "astrocytoma",
+    "oligodendroglioma", "ependymoma", "meningioma", "schwannoma", "neuroma", "fibroadenoma", "papilloma",
+    "oncocytoma", "angiomyolipoma", "myeloma", "blastoma", "hepatoma", "metastasis", "metastase",
+})
 _TOKEN = re.compile(r"[a-z0-9]+")
 
 
@@ -120,6 +132,8 @@ def words(text: str) -> list[str]:
             w = _stem(w)
             if w not in _STOPWORDS:
                 out.append(w)
+            if w in _TUMOUR_KINDS:
+                out.append(NEOPLASM)
     return out
 
 
@@ -128,8 +142,10 @@ def folded_key(name: str) -> str:
     return " ".join(words(name))
 
 
-def _informative(text: str) -> set[str]:
-    return {w for w in words(text) if w not in GENERIC and w not in MODIFIERS}
+def _informative(name: str) -> set[str]:
+    """A class name's words that can match a query ("kidney tumor" -> kidney, neoplasm)."""
+    ws = words(name)
+    return {w for w in ws if w not in GENERIC and w not in MODIFIERS} | ({NEOPLASM} if "tumor" in ws else set())
 
 
 def is_normal_name(name: str) -> bool:
@@ -242,30 +258,47 @@ class BankSearch:
     def _by_words(self, query: str, q: list[str], pool: list[BankClass]) -> Hit | Miss:
         # The organ is context, not a finding: "colon polyp" asks for a polyp; every class of
         # the bank is of that organ anyway. A query that is only the organ names no finding.
-        organ = {w for c in pool for w in words(c.organ)}
+        # An organ word that some class name carries ("lung adenocarcinoma") does tell classes
+        # apart, so it stays.
+        named = {w for c in pool for w in words(c.name)}
+        organ = {w for c in pool for w in words(c.organ)} - named
         q = [w for w in q if w not in organ]
         if not q:
             return Miss(f"{NO_MATCH}: '{query.strip()}' names the organ but no finding; name the finding itself")
         docs = {c.name: (_informative(c.name) - organ, [set(words(s)) for s in c.sentences]) for c in pool}
         n = len(pool)
-        df = {w: sum(1 for name_w, sents in docs.values() if w in name_w or any(w in s for s in sents)) for w in q}
-        idf = {w: math.log(1.0 + n / (1.0 + df[w])) for w in q}  # a word absent everywhere weighs most
+        df = {w: sum(1 for name_w, sents in docs.values() if w in name_w.union(*sents)) for w in q}
+        # A word that no class has cannot tell classes apart: it weighs as much as a word of one class.
+        idf = {w: math.log(1.0 + n / (1.0 + max(df[w], 1))) for w in q}
         total = sum(idf.values())
         scored: list[tuple[float, str, BankClass]] = []
+        coverage: dict[str, float] = {}
         for c in pool:
             name_w, sents = docs[c.name]
-            matched = [w for w in q if w in name_w]
-            # Query coverage, scaled by how much of the class name the query accounts for:
-            # "polyp" fits "polyps" better than "dyed lifted polyps".
-            name_score = 0.0
-            if matched:
-                name_score = sum(idf[w] for w in matched) / total * (0.5 + 0.5 * len(matched) / len(name_w))
-            best = (name_score, c.name)
-            for s, sw in zip(c.sentences, sents, strict=True):
-                best = max(best, (SENTENCE_WEIGHT * sum(idf[w] for w in q if w in sw) / total, s))
-            if best[0] > 0:
-                scored.append((*best, c))
-        return self._decide(query, scored, self.lexical_threshold, self.margin, "words")
+            if not self._covers(q, name_w.union(*sents)):
+                continue
+            # Weighted coverage: a word in the class name counts fully, one found only in a
+            # sentence (or a tumour kind met by a tumour class) a little less.
+            coverage[c.name] = sum(idf[w] * (1.0 if w in name_w else SENTENCE_WEIGHT) for w in q) / total
+            # Tie-break by how much of the class name the query accounts for: "polyp" fits
+            # "polyps" better than "dyed lifted polyps".
+            in_name = [w for w in name_w if w in q or (w == NEOPLASM and any(x in _TUMOUR_KINDS for x in q))]
+            name_share = len(in_name) / len(name_w) if name_w else 0.0
+            evidence = c.name if any(w in name_w for w in q) else max(
+                c.sentences, key=lambda s, c=c: sum(idf[w] for w in q if w in docs[c.name][1][c.sentences.index(s)]))
+            scored.append((coverage[c.name] + NAME_BONUS * name_share, evidence, c))
+        scored = [t for t in scored if coverage[t[2].name] >= self.lexical_threshold]
+        found = self._decide(query, scored, 0.0, self.margin, "words")
+        if isinstance(found, Hit):
+            return Hit(found.bank_class, coverage[found.bank_class.name], found.evidence, found.method)
+        return found
+
+    @staticmethod
+    def _covers(q: list[str], doc: set[str]) -> bool:
+        # Every word of the query must be somewhere in the class (name or sentences); a named
+        # kind of tumour is covered by a tumour class. "hypertensive retinopathy" is therefore
+        # not "diabetic retinopathy", and "squamous cell carcinoma" not "basal cell carcinoma".
+        return all(w in doc or (w in _TUMOUR_KINDS and NEOPLASM in doc) for w in q)
 
     # ------------------------------------------------------------------ embedding
     def _by_embedding(self, query: str, modality: str, pool: list[BankClass]) -> Hit | None:

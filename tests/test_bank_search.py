@@ -32,7 +32,8 @@ SKIN = [cls("basal cell carcinoma", ["Arborising vessels over a pearly papule."]
 def test_spellings_plurals_and_synonyms_fold():
     assert words("Oesophagitis") == words("esophagitis")
     assert words("tumours haemorrhages oedema caecum keratinised") == words("tumors hemorrhages edema cecum keratinized")
-    assert words("polyps crypts") == ["polyp", "crypt"] and words("metastasis") == ["metastasis"]
+    assert words("polyps crypts") == ["polyp", "crypt"]
+    assert words("adenoma") == ["adenoma", "neoplasm"]  # a named tumour kind also counts as a tumour
     assert folded_key("renal calculus") == folded_key("kidney stone")
     assert is_normal_name("normal OCT scan") and is_normal_name("healthy knee") and is_normal_name("colon benign tissue")
     assert not is_normal_name("benign tumor")
@@ -52,13 +53,21 @@ def test_generic_words_never_match_alone():
     for query in ("normal", "tumour", "cell", "scan", "abnormal tissue", "large mass"):
         found = search.search(query, "CT")
         assert isinstance(found, Miss) and "generic" in found.reason, query
-    found = search.search("kidney", "CT")  # the organ is context, not a finding
+    found = search.search("kidney", "CT")  # the organ alone fits every class
+    assert isinstance(found, Miss) and set(found.candidates) == {"kidney stone", "kidney tumor"}
+    colon = [cls("polyps", ["A rounded protrusion."], "endoscopy", "colon"),
+             cls("ulcerative colitis", ["Red granular mucosa."], "endoscopy", "colon")]
+    found = BankSearch(colon).search("colon", "endoscopy")  # the organ is context, not a finding
     assert isinstance(found, Miss) and "organ" in found.reason
+    assert BankSearch(colon).search("colon polyp", "endoscopy").bank_class.name == "polyps"
 
 
 def test_a_disease_query_never_gets_a_normal_class():
-    # The only sentence that mentions "metastasis" belongs to the normal class.
+    # The only sentence that mentions "metastasis" belongs to the normal class; a metastasis
+    # is a tumour of the kidney, never its normal class.
     found = BankSearch(KIDNEY).search("kidney metastasis", "CT")
+    assert isinstance(found, Hit) and found.bank_class.name == "kidney tumor"
+    found = BankSearch(KIDNEY).search("nowhere", "CT")  # only in the normal class's sentence
     assert isinstance(found, Miss)
     found = BankSearch(KIDNEY).search("unremarkable kidney cortex", "CT")
     assert isinstance(found, Hit) and found.bank_class.name == "normal kidney"
@@ -73,6 +82,11 @@ def test_sentences_are_searched_as_well_as_names():
 def test_below_the_threshold_it_says_no_similar_class():
     found = BankSearch(KIDNEY).search("renal infarct", "CT")
     assert isinstance(found, Miss) and NO_MATCH in found.reason
+    # a word the class lacks keeps it out: "hypertensive retinopathy" is not "diabetic retinopathy"
+    eye = [cls("diabetic retinopathy", ["Dot haemorrhages and exudates."], "fundus photography", "retina"),
+           cls("glaucoma", ["A deep, wide cup."], "fundus photography", "retina")]
+    assert isinstance(BankSearch(eye).search("hypertensive retinopathy", "fundus photography"), Miss)
+    assert isinstance(BankSearch(eye).search("diabetic haemorrhages", "fundus photography"), Hit)
 
 
 def test_equal_matches_are_ambiguous_not_a_guess():
