@@ -275,7 +275,7 @@ class BankSearch:
         coverage: dict[str, float] = {}
         for c in pool:
             name_w, sents = docs[c.name]
-            if not self._covers(q, name_w.union(*sents)):
+            if not self._covers(q, name_w, sents):
                 continue
             # Weighted coverage: a word in the class name counts fully, one found only in a
             # sentence (or a tumour kind met by a tumour class) a little less.
@@ -294,11 +294,19 @@ class BankSearch:
         return found
 
     @staticmethod
-    def _covers(q: list[str], doc: set[str]) -> bool:
-        # Every word of the query must be somewhere in the class (name or sentences); a named
-        # kind of tumour is covered by a tumour class. "hypertensive retinopathy" is therefore
-        # not "diabetic retinopathy", and "squamous cell carcinoma" not "basal cell carcinoma".
-        return all(w in doc or (w in _TUMOUR_KINDS and NEOPLASM in doc) for w in q)
+    def _covers(q: list[str], name_w: set[str], sents: list[set[str]]) -> bool:
+        """Whether the class accounts for every word of the query.
+
+        When the class name carries a query word itself ("pituitary" of "pituitary adenoma"),
+        the other words may be found anywhere in the class, and a named kind of tumour is met
+        by a tumour class. Otherwise one sentence must hold the whole query: words scattered
+        over unrelated sentences ("basal" of "basal cisterns") are no evidence.
+        "hypertensive retinopathy" is thus not "diabetic retinopathy".
+        """
+        if any(w in name_w and w != NEOPLASM for w in q):
+            doc = name_w.union(*sents)
+            return all(w in doc or (w in _TUMOUR_KINDS and NEOPLASM in doc) for w in q)
+        return any(all(w in sw for w in q) for sw in sents)
 
     # ------------------------------------------------------------------ embedding
     def _by_embedding(self, query: str, modality: str, pool: list[BankClass]) -> Hit | None:

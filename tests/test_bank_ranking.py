@@ -4,7 +4,12 @@ import shutil
 
 import pytest
 
-from dpt_core.bank_ranking import RankingError, keep_fresh, rank_banks_into_manifest, read_ranking
+from dpt_core.bank_ranking import (
+    RankingError,
+    keep_fresh,
+    rank_banks_into_manifest,
+    read_ranking,
+)
 from dpt_core.cli import main
 from dpt_core.descriptions import MANIFEST, bank_hash, load_bank
 

@@ -87,6 +87,8 @@ def test_below_the_threshold_it_says_no_similar_class():
            cls("glaucoma", ["A deep, wide cup."], "fundus photography", "retina")]
     assert isinstance(BankSearch(eye).search("hypertensive retinopathy", "fundus photography"), Miss)
     assert isinstance(BankSearch(eye).search("diabetic haemorrhages", "fundus photography"), Hit)
+    # without the class name, one sentence must hold the whole query: scattered words are no evidence
+    assert isinstance(BankSearch(KIDNEY).search("staghorn collecting", "CT"), Miss)
 
 
 def test_equal_matches_are_ambiguous_not_a_guess():
