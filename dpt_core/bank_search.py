@@ -148,6 +148,10 @@ def _informative(name: str) -> set[str]:
     return {w for w in ws if w not in GENERIC and w not in MODIFIERS} | ({NEOPLASM} if "tumor" in ws else set())
 
 
+def _class_words(c: BankClass) -> set[str]:
+    return set(words(c.name)).union(*(words(s) for s in c.sentences))
+
+
 def is_normal_name(name: str) -> bool:
     """Whether a class (or query) names normal appearance ("normal brain", "healthy knee", "benign tissue")."""
     w = set(words(name))
@@ -248,14 +252,6 @@ class BankSearch:
         pool = [c for c in pool if is_normal_name(c.name) == normal]
         if not pool:
             return Miss(f"{NO_MATCH} among the {'normal' if normal else 'disease'} classes of {modality}")
-        if self.embed is not None:
-            hit = self._by_embedding(query, modality, pool)
-            if hit is not None:
-                return hit
-        return self._by_words(query, q, pool)
-
-    # ------------------------------------------------------------------ lexical
-    def _by_words(self, query: str, q: list[str], pool: list[BankClass]) -> Hit | Miss:
         # The organ is context, not a finding: "colon polyp" asks for a polyp; every class of
         # the bank is of that organ anyway. A query that is only the organ names no finding.
         # An organ word that some class name carries ("lung adenocarcinoma") does tell classes
@@ -265,7 +261,18 @@ class BankSearch:
         q = [w for w in q if w not in organ]
         if not q:
             return Miss(f"{NO_MATCH}: '{query.strip()}' names the organ but no finding; name the finding itself")
-        docs = {c.name: (_informative(c.name) - organ, [set(words(s)) for s in c.sentences]) for c in pool}
+        if self.embed is not None:
+            # The encoder may only choose among classes that share a literal word with the query:
+            # its cosine threshold is a heuristic, and a shared word keeps a wild guess out.
+            supported = [c for c in pool if any(w != NEOPLASM and w in _class_words(c) for w in q)]
+            hit = self._by_embedding(query, modality, supported) if supported else None
+            if hit is not None:
+                return hit
+        return self._by_words(query, q, pool)
+
+    # ------------------------------------------------------------------ lexical
+    def _by_words(self, query: str, q: list[str], pool: list[BankClass]) -> Hit | Miss:
+        docs = {c.name: (_informative(c.name), [set(words(s)) for s in c.sentences]) for c in pool}
         n = len(pool)
         df = {w: sum(1 for name_w, sents in docs.values() if w in name_w.union(*sents)) for w in q}
         # A word that no class has cannot tell classes apart: it weighs as much as a word of one class.

@@ -141,3 +141,18 @@ def test_the_generator_reports_a_miss_as_a_readable_error():
         gen.generate(GenerationRequest("normal", "OCT", "retina"))
     result = gen.generate(GenerationRequest("colon polyp", "endoscopy", "colon", n=4))
     assert len(result.sentences) == 4 and "nearest class: polyps" in result.note and "kvasir" in result.note
+
+
+def test_the_encoder_chooses_only_among_classes_sharing_a_word_with_the_query():
+    def same(phrases):  # the encoder finds every phrase identical: cosine 1 everywhere
+        return torch.ones(len(phrases), 4)
+
+    # "urolith" is in no class: the encoder's cosine alone proposes nothing
+    assert isinstance(BankSearch(KIDNEY, embed=same).search("urolith", "CT"), Miss)
+
+    def stone_like(phrases):  # the query and the kidney-stone name point the same way
+        return torch.tensor([[1.0, 0.0] if ("staghorn" in p and " in CT" in p) or p == "kidney stone in CT"
+                             else [0.0, 1.0] for p in phrases])
+
+    found = BankSearch(KIDNEY, embed=stone_like).search("staghorn", "CT")
+    assert isinstance(found, Hit) and found.method == "embedding" and found.bank_class.name == "kidney stone"

@@ -255,7 +255,7 @@ def test_retrieval_exact_match_is_case_and_underscore_insensitive():
 
 def test_retrieval_nearest_by_embedding():
     vectors = {"glioma tumor in CT": [1.0, 0.0, 0.0], "kidney stone in CT": [0.0, 3.0, 0.0],
-               "melanoma in CT": [0.0, 0.0, 1.0], "urinary concretion in CT": [0.1, 5.0, 0.2]}
+               "melanoma in CT": [0.0, 0.0, 1.0], "kidney concretion in CT": [0.1, 5.0, 0.2]}
     seen: list[list[str]] = []
 
     def embed(phrases: list[str]) -> torch.Tensor:
@@ -263,12 +263,12 @@ def test_retrieval_nearest_by_embedding():
         return torch.tensor([vectors.get(p, [0.0, 0.0, 0.1]) for p in phrases])
 
     gen = RetrievalGenerator(BANK, embed=embed)
-    result = gen.generate(GenerationRequest("urinary_concretion", "CT", "kidney"))
+    result = gen.generate(GenerationRequest("kidney_concretion", "CT", "kidney"))
     assert result.sentences == ["Stone sentence."]
     assert "nearest class: kidney stone" in result.note and "embedding" in result.note
     assert "not generated" in result.note
-    assert "urinary concretion in CT" in seen[-1] and "Stone sentence." in seen[-1]  # names and sentences
-    gen.generate(GenerationRequest("urinary concretion", "CT", "kidney"))
+    assert "kidney concretion in CT" in seen[-1] and "Stone sentence." in seen[-1]  # names and sentences
+    gen.generate(GenerationRequest("kidney concretion", "CT", "kidney"))
     assert len(seen) == 1  # every phrase is embedded once
 
 
