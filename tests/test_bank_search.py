@@ -156,3 +156,8 @@ def test_the_encoder_chooses_only_among_classes_sharing_a_word_with_the_query():
 
     found = BankSearch(KIDNEY, embed=stone_like).search("staghorn", "CT")
     assert isinstance(found, Hit) and found.method == "embedding" and found.bank_class.name == "kidney stone"
+
+
+def test_custom_classes_without_a_shipped_modality_get_a_clear_answer():
+    with pytest.raises(GenerationError, match="the shipped banks cover .*MRI.*not medical imaging"):
+        RetrievalGenerator().generate(GenerationRequest("glioma tumor", "medical imaging", ""))
