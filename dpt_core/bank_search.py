@@ -14,15 +14,21 @@ strict:
   are plurals and a few plain synonyms ("renal" = "kidney");
 - class names *and* their sentences are searched, so a finding named only in
   the sentences ("calculus") still leads to its class;
-- below a similarity threshold, or when two classes match equally well, the
-  answer is "no similar class" instead of a guess.
+- every word of the query must be found in the class: in its name (then the
+  rest may be anywhere in the class) or all together in one of its sentences;
+  a named kind of tumour ("adenoma") is met by a tumour class ("pituitary tumor");
+- below a coverage threshold, or when two classes match equally well, the
+  answer is "no similar class in the shipped banks" instead of a guess.
 
 Words are weighted by how rare they are among the candidate classes (an
-inverse document frequency), so the organ word that every class of a preset
-shares ("kidney") counts little and the finding word counts much. With a
-backbone that has real weights, its text embedding can score candidates too
-(cosine between the query and each class name and sentence); that score has
-its own threshold. Both thresholds are heuristics, stated here on purpose.
+inverse document frequency), so a finding word that one class owns counts
+more than one that several share; the organ of the preset ("colon") is
+context and is left out, unless a class name carries it ("lung
+adenocarcinoma"). With a backbone that has real weights, its text encoder can
+choose too (cosine between the query and each class name and sentence, with
+its own threshold), but only among classes that share a literal word with the
+query. Both thresholds are heuristics, stated here on purpose; the encoder's
+has not been calibrated on the real BiomedCLIP yet.
 """
 from __future__ import annotations
 
@@ -291,8 +297,11 @@ class BankSearch:
             # "polyps" better than "dyed lifted polyps".
             in_name = [w for w in name_w if w in q or (w == NEOPLASM and any(x in _TUMOUR_KINDS for x in q))]
             name_share = len(in_name) / len(name_w) if name_w else 0.0
-            evidence = c.name if any(w in name_w for w in q) else max(
-                c.sentences, key=lambda s, c=c: sum(idf[w] for w in q if w in docs[c.name][1][c.sentences.index(s)]))
+            if any(w in name_w for w in q):
+                evidence = c.name
+            else:  # the sentence that holds the most of the query
+                best = max(range(len(sents)), key=lambda i, sents=sents: sum(idf[w] for w in q if w in sents[i]))
+                evidence = c.sentences[best]
             scored.append((coverage[c.name] + NAME_BONUS * name_share, evidence, c))
         scored = [t for t in scored if coverage[t[2].name] >= self.lexical_threshold]
         found = self._decide(query, scored, 0.0, self.margin, "words")
