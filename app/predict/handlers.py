@@ -43,6 +43,7 @@ from ..choices import (
     parse_descriptions_text,
     preset_markdown,
 )
+from ..description_proposal import proposal_view
 from ..errors import user_errors
 from ..examples import EXAMPLES_DIR, ShippedExamples
 from ..services import CUSTOM, Services
@@ -220,16 +221,15 @@ class PredictController:
 
     @user_errors("generate descriptions")
     def on_generate(self, preset: str | None, table: Any, class_name: str | None, backend: str,
-                    n: float, token: str | None, model: str | None) -> tuple[pd.DataFrame, str, str]:
+                    n: float, token: str | None, model: str | None) -> tuple[str, str]:
+        """A proposal in the one-class box; the table changes only when the user applies it."""
         if not class_name:
             raise InputError("choose the class to describe")
         setup = self.setup_from_table(preset, table)
         if class_name not in setup.class_names:
             raise InputError(f"{reprlib.repr(class_name)} is not in the class table")
         result = self.services.generate_descriptions(setup, class_name, backend, int(n), token, model)
-        new_table = fmt.replace_descriptions(table, class_name, result.sentences)
-        note = f"{len(result.sentences)} sentences for **{fmt.escape(class_name)}**. {fmt.escape(result.note)}"
-        return new_table, "\n".join(result.sentences), note
+        return proposal_view(class_name, result)
 
     @user_errors("load the checkpoint")
     def on_checkpoint(self, checkpoint: str | None, preset: str | None, table: Any, state: dict | None) -> tuple:

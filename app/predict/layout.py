@@ -18,6 +18,7 @@ from ..choices import (
     preset_choices,
     preset_markdown,
 )
+from ..description_proposal import ACCEPT_LABEL
 from ..errors import shown_beside
 from ..examples import EXAMPLES_DIR, examples_markdown, load_examples
 from ..services import Services
@@ -86,7 +87,7 @@ def create_predict_tab(services: Services, session: gr.State) -> PredictHandles:
                 with gr.Row():
                     names = fmt.class_choices(initial)
                     gen_class = gr.Dropdown(names, value=names[0], label="Class", allow_custom_value=True, scale=2)
-                    apply_btn = gr.Button("Apply to the table", scale=1)
+                    apply_btn = gr.Button(ACCEPT_LABEL, scale=1)
                 desc_box = gr.Textbox(fmt.descriptions_text(initial, names[0]),
                                       label="Descriptions, one sentence per line",
                                       lines=5, max_lines=12)
@@ -179,7 +180,7 @@ def create_predict_tab(services: Services, session: gr.State) -> PredictHandles:
     gen_class.change(ctl.on_class_pick, [table, gen_class], [desc_box], show_progress="hidden", **private)
     on(apply_btn.click, ctl.on_apply, [table, gen_class, desc_box], [table], gen_msg, "update the descriptions")
     on(gen_btn.click, ctl.on_generate, [preset, table, gen_class, gen_backend, gen_n, gen_token, gen_model],
-       [table, desc_box, gen_note], gen_msg, "generate descriptions")
+       [desc_box, gen_note], gen_msg, "generate descriptions")
     inputs = [image, frame, preset, checkpoint, table, session]
     on(predict_btn.click, ctl.on_predict, inputs,
        [label, sources, modality_md, contrib_class, contrib_plot, contrib_table, target, pred_state], predict_msg,
