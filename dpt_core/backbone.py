@@ -32,7 +32,6 @@ from .tokenizer import TextTokenizer
 log = logging.getLogger(__name__)
 
 DEFAULT_BACKBONE = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
-BIOMEDCLIP_TEXT_REPO = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 HF_PREFIX = "hf-hub:"

@@ -45,14 +45,13 @@ from .errors import InputError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ImageLoadError", "LoadedImage", "load_image", "count_frames", "SUPPORTED_FORMATS"]
+__all__ = ["ImageLoadError", "LoadedImage", "load_image", "count_frames"]
 
 # PIL formats we accept. An allowlist rather than "whatever PIL can open": some PIL
 # plugins (EPS) shell out to external programs, others are exotic attack surface.
 _PIL_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "DIB", "WEBP", "GIF")  # JPEG also yields MPO
 # How PIL's format names are reported to callers (MPO is a phone camera's JPEG).
 _FORMAT_ALIASES = {"MPO": "JPEG", "DIB": "BMP"}
-SUPPORTED_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP", "GIF", "DICOM")
 _SUPPORTED_TEXT = "PNG, JPEG, TIFF, BMP, WEBP, GIF or DICOM"
 
 # Robust intensity range for data with more than 8 bits and no window.

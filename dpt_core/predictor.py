@@ -25,6 +25,7 @@ from .checkpoint import PromptCheckpoint
 from .combine import CombinationNet
 from .errors import InputError
 from .features import encode_images
+from .losses import scaled_logits
 from .model import BiomedDPT
 from .prompt_bank import SOURCES, build_prompt_bank
 from .ranking import score_prompts, top_k_mask
@@ -197,8 +198,8 @@ class Predictor:
     @torch.no_grad()
     def predict_features(self, feats: torch.Tensor) -> list[Prediction]:
         tau = self.backbone.logit_scale()
-        logits = tau * feats @ self.text_features.t()  # [B, C]
-        prompt_logits = tau * feats @ self.bank.features.t()  # [B, P]
+        logits = scaled_logits(feats, self.text_features, tau)  # [B, C]
+        prompt_logits = scaled_logits(feats, self.bank.features, tau)  # [B, P]
         contrib = prompt_logits * self.weights[None]  # [B, P]
         per_source = {s: contrib @ self._source_sum[s] for s in SOURCES}  # [B, C] each
         names, prompts_of_bank = self.class_names, self.bank.prompts
