@@ -15,6 +15,7 @@ from dpt_core.registry import entries_for
 from . import formatting as fmt
 from .services import CUSTOM
 from .session import trained_checkpoints
+from .uploads import split_class_text
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,7 @@ def parse_classes_text(text: str | None) -> list[str] | None:
         if not isinstance(value, list):
             raise InputError("classes: expected a JSON list of names")
         return [str(v) for v in value]
-    parts = text.splitlines() if "\n" in text else text.split(",")
-    return [p.strip() for p in parts if p.strip()]
+    return split_class_text(text)
 
 
 def parse_descriptions_text(text: str | None) -> dict[str, list[str]] | None:

@@ -23,6 +23,7 @@ from PIL import Image
 from .backbone import Backbone
 from .checkpoint import PromptCheckpoint
 from .combine import CombinationNet
+from .descriptions import class_key
 from .errors import InputError
 from .features import encode_images
 from .losses import scaled_logits
@@ -91,7 +92,7 @@ def check_class_names(class_names: Sequence[str]) -> list[str]:
         raise InputError(f"at most {MAX_CLASSES} classes are supported, got {len(names)}")
     seen: dict[str, str] = {}
     for n in names:
-        key = n.replace("_", " ").casefold()
+        key = class_key(n)
         if key in seen:
             raise InputError(f"duplicate class: {seen[key]!r} and {n!r}")
         seen[key] = n
