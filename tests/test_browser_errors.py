@@ -89,3 +89,20 @@ def test_preset_change_clears_old_results(page):
     expect(page.locator("#class-table")).to_contain_text("severe osteoarthritis")
     expect(label).not_to_contain_text("%")  # brain results do not stay beside knee classes
     expect(label).not_to_contain_text("normal brain")
+
+
+def test_class_table_edit_clears_old_results(page):
+    from playwright.sync_api import expect
+
+    page.locator("#scan-file input[type=file]").set_input_files(str(EXAMPLES / "ct_small.png"))
+    expect(page.locator("#image-info")).to_contain_text("PNG")
+    page.click("#predict-btn")
+    label = page.locator("#prediction-label")
+    expect(label).to_contain_text("%")
+    cell = page.locator("#class-table [role=gridcell]").first  # "glioma tumor"
+    cell.dblclick()
+    editor = page.locator("#class-table textarea, #class-table input").first
+    editor.fill("astrocytoma")
+    editor.press("Enter")
+    expect(page.locator("#class-table")).to_contain_text("astrocytoma")
+    expect(label).not_to_contain_text("%")  # the prediction was for the old classes
