@@ -13,7 +13,8 @@ from typing import Any, Sequence
 
 import gradio as gr
 
-from dpt_core.backbone import BackboneError
+from dpt_core.backbone import DEFAULT_BACKBONE, BackboneError
+from dpt_core.reachability import work_offline_if_unreachable
 
 from . import formatting as fmt
 from .choices import checkpoint_choices
@@ -106,6 +107,12 @@ def launch_options() -> dict[str, Any]:
     }
 
 
+def needs_hub(spec: str | None) -> bool:
+    """Whether the backbone to load comes from the Hub (the default does)."""
+    spec = spec or os.environ.get("DPT_BACKBONE") or DEFAULT_BACKBONE
+    return spec.startswith("hf-hub:")
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=TITLE)
     p.add_argument("--backbone", default=None,
@@ -130,6 +137,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         from .choices import ALLOW_LOCAL_ENV
 
         os.environ[ALLOW_LOCAL_ENV] = "1"
+    # huggingface_hub logs through its own handler; propagating to ours would print every line twice.
+    from huggingface_hub.utils import logging as hf_logging
+
+    hf_logging.disable_propagation()
+    if needs_hub(args.backbone) and work_offline_if_unreachable():
+        log.warning("The Hugging Face Hub cannot be reached: working offline (models from the local cache only).")
     services = Services(args.backbone, device=args.device)
     try:
         backbone = services.backbone  # load now: the first visitor should not wait, the banner is known

@@ -52,3 +52,27 @@ def test_other_errors_do_not_mark_the_hub_unreachable(monkeypatch):
     with pytest.raises(hub.HubError, match="not found"):
         hub.download_file(hub.parse_hub_id("hf-hub:org/repo"), "config.json")
     assert not hub.hub_recently_unreachable()
+
+
+def test_startup_switches_to_offline_mode_when_the_hub_host_is_unreachable(monkeypatch):
+    import socket
+
+    from huggingface_hub import constants
+
+    from dpt_core import reachability
+
+    for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    probes = []
+
+    def refuse(address, timeout):
+        probes.append((address, timeout))
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.example.org")
+    assert reachability.work_offline_if_unreachable() is True
+    assert probes == [(("hub.example.org", 443), reachability.PROBE_TIMEOUT_S)]
+    assert reachability.offline_mode() and constants.HF_HUB_OFFLINE is True
+    assert reachability.work_offline_if_unreachable() is False and len(probes) == 1  # already offline: no probe
