@@ -536,9 +536,9 @@ def create_predict_tab(services: Services, session: gr.State) -> PredictHandles:
                                            value="retrieval", label="Generate with")
                     gen_n = gr.Slider(1, 30, value=10, step=1, label="Sentences")
                 with gr.Row():
-                    gen_model = gr.Textbox(label="Model id (HF Inference or local)", placeholder="default LLM")
+                    gen_model = gr.Textbox(label="Model id (from this server's list)", placeholder="the server's first listed model")
                     gen_token = gr.Textbox(label="HF token (used for this request only, never stored)",
-                                           type="password", placeholder="or set HF_TOKEN on the server")
+                                           type="password", placeholder="your own token (needed for HF Inference)")
                 gen_btn = gr.Button("Generate descriptions")
                 gen_note = gr.Markdown()
 

@@ -24,14 +24,14 @@ from dpt_core.backbone import DEFAULT_BACKBONE, Backbone, BackboneError, load_ba
 from dpt_core.checkpoint import PromptCheckpoint, check_backbone, load_checkpoint
 from dpt_core.data import LabelledImages
 from dpt_core.describe import (
-    DEFAULT_HF_MODEL,
-    GenerationError,
     GenerationRequest,
     GenerationResult,
     make_generator,
 )
 from dpt_core.descriptions import load_bank
 from dpt_core.explain import Explanation, attention_rollout, gradcam
+from dpt_core.genpolicy import visitor_generator
+from dpt_core.hub import hub_token_for
 from dpt_core.modality import ModalityCheck, check_modality
 from dpt_core.predictor import Prediction, Predictor
 from dpt_core.presets import list_presets
@@ -231,7 +231,8 @@ class Services:
         method = known.method if known is not None else None
 
         def build() -> PromptCheckpoint:
-            ckpt = load_checkpoint(checkpoint_id, preset=preset, method=method)
+            # The server's token only for its own registry's checkpoints, never for a typed id.
+            ckpt = load_checkpoint(checkpoint_id, preset=preset, method=method, token=hub_token_for(known is not None))
             check_backbone(ckpt, self.backbone)
             return ckpt
 
@@ -322,15 +323,12 @@ class Services:
             other_classes=tuple(c for c in setup.class_names if c != class_name),
         )
         if backend == "hf-inference":
-            # Over the network, no model here. A fresh generator per call: the token is used
-            # for this request and never kept.
-            generator = make_generator("hf-inference", model=(model or "").strip() or DEFAULT_HF_MODEL,
-                                       token=(token or "").strip() or None)
-            return generator.generate(request)
-        model = (model or "").strip()
-        if backend == "local" and not model:
-            raise GenerationError("Name a local model: a folder with transformers weights or a Hub model id.")
-        return self.calls.describe(self.ref, p.name if p else None, request, backend, model).unwrap()
+            # Over the network, no model here. A fresh generator per call: the visitor's token is
+            # used for this request and never kept; the model comes from the server's allowlist.
+            return visitor_generator(backend, model, token).generate(request)
+        if backend == "local":
+            model = visitor_generator(backend, model, None).model  # allowlisted, or GenerationError
+        return self.calls.describe(self.ref, p.name if p else None, request, backend, model or "").unwrap()
 
     # ------------------------------------------------------------------ few-shot training
     def run_fewshot(self, setup: ClassSetup, data: LabelledImages, settings: TrainSettings, out_dir: str | Path,

@@ -246,7 +246,7 @@ def is_dassl_file(name: str) -> bool:
 
 
 def load_checkpoint(ckpt_id: str, preset: str | None = None, method: str | None = None,
-                    backbone_spec: str | None = None, token: str | None = None) -> PromptCheckpoint:
+                    backbone_spec: str | None = None, token: str | bool | None = None) -> PromptCheckpoint:
     """Load a checkpoint from a local folder, ``hf-hub:ORG/REPO[/SUB][@REV]`` or a ``.pth.tar``.
 
     ``preset`` (and ``method``) are needed only for Dassl files, which do not
