@@ -330,6 +330,7 @@ def write_checkpoint(ckpt: PromptCheckpoint, out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / TENSORS_NAME),
               metadata={"format_version": str(FORMAT_VERSION)})
-    (out / CONFIG_NAME).write_text(json.dumps(finite_json(ckpt.config), indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
-    (out / CARD_NAME).write_text(render_model_card(ckpt.config), encoding="utf-8")
+    config = finite_json(ckpt.config)  # NaN metrics become null: JSON has no NaN
+    (out / CONFIG_NAME).write_text(json.dumps(config, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
+    (out / CARD_NAME).write_text(render_model_card(config), encoding="utf-8")
     return out
