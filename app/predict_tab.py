@@ -14,7 +14,6 @@ image file and a preset name and nothing else; the UI's own events are private.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import reprlib
@@ -28,6 +27,7 @@ from PIL import Image
 from dpt_core.descriptions import DescriptionsError, class_key, same_classes, validate_descriptions
 from dpt_core.explain import Explanation, overlay
 from dpt_core.imageio import LoadedImage, load_image
+from dpt_core.limits import parse_json_field
 from dpt_core.modality import header_mismatch
 from dpt_core.predictor import MAX_CLASSES, Prediction, check_class_names
 from dpt_core.presets import list_presets, load_preset
@@ -112,13 +112,10 @@ def parse_classes_text(text: str | None) -> list[str] | None:
     if not text:
         return None
     if text.startswith("["):
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"classes: not a valid JSON list ({exc.msg})") from None
-        if not isinstance(value, list):
-            raise ValueError("classes: expected a JSON list of names")
-        return [str(v) for v in value]
+        value = parse_json_field(text, "classes")  # bounded size and nesting
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError("classes: expected a JSON list of names (strings)")
+        return value
     parts = text.splitlines() if "\n" in text else text.split(",")
     return [p.strip() for p in parts if p.strip()]
 
@@ -129,9 +126,9 @@ def parse_descriptions_text(text: str | None) -> dict[str, list[str]] | None:
     if not text:
         return None
     try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DescriptionsError(f"descriptions: not valid JSON ({exc.msg})") from None
+        raw = parse_json_field(text, "descriptions")  # bounded size and nesting
+    except ValueError as exc:
+        raise DescriptionsError(str(exc)) from None
     return validate_descriptions(raw, source="descriptions")
 
 

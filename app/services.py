@@ -32,6 +32,7 @@ from dpt_core.descriptions import load_bank
 from dpt_core.explain import Explanation, attention_rollout, gradcam
 from dpt_core.genpolicy import visitor_generator
 from dpt_core.hub import hub_token_for
+from dpt_core.limits import check_text_budget
 from dpt_core.modality import ModalityCheck, check_modality
 from dpt_core.predictor import Prediction, Predictor
 from dpt_core.presets import list_presets
@@ -181,12 +182,15 @@ class Services:
     ) -> ClassSetup:
         """Class setup from a preset (or ``custom``/None) with optional class and description overrides.
 
-        Raises ValueError (unknown preset, bad class list) and DescriptionsError.
+        Raises ValueError (unknown preset, bad class list), DescriptionsError and BudgetError.
         """
         preset = None if not preset_name or preset_name == CUSTOM else preset_name
         if preset is None and not class_names:
             raise ValueError("custom classes: add at least two class names to the table")
-        return setup_classes(preset, class_names or None, descriptions)
+        setup = setup_classes(preset, class_names or None, descriptions)
+        # The whole request's text cost, before any encoding (cached sentences are free).
+        check_text_budget(setup.class_names, setup.templates, setup.descriptions, self.backbone.text_cache.__contains__)
+        return setup
 
     def predictor(self, setup: ClassSetup, checkpoint_id: str | None = None,
                   checkpoint: PromptCheckpoint | None = None) -> Predictor:
