@@ -68,6 +68,7 @@ class _PydicomRedactor(logging.Filter):
 
 def _redact_pydicom_messages() -> None:
     # Process-wide on purpose: warnings.catch_warnings() around a decode is not thread-safe.
+    # Idempotent: the warnings module replaces an identical filter instead of adding one.
     pydicom_log = logging.getLogger("pydicom")
     if not any(isinstance(f, _PydicomRedactor) for f in pydicom_log.filters):
         pydicom_log.addFilter(_PydicomRedactor())
@@ -352,6 +353,8 @@ def _composite_on_black(rgba: Image.Image) -> Image.Image:
 def _read_dicom_header(fp: IO[bytes], *, force: bool):
     """Parse everything except Pixel Data; pydicom's errors become ImageLoadError."""
     import pydicom  # local: importing pydicom costs time the PNG-only paths don't need
+
+    _redact_pydicom_messages()  # again before each DICOM: a warnings context may have reset the filters
 
     fp.seek(0)
     try:
