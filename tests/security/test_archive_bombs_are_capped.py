@@ -15,7 +15,11 @@ import pytest
 import torch
 
 from dpt_core.checkpoint import load_checkpoint
-from dpt_core.dassl_import import MAX_PICKLE_BYTES, CheckpointFormatError, read_dassl_context
+from dpt_core.dassl_import import (
+    MAX_PICKLE_BYTES,
+    CheckpointFormatError,
+    read_dassl_context,
+)
 
 
 def bomb_checkpoint(path, member: str = "archive/data.pkl", size: int = MAX_PICKLE_BYTES + 2**20):
