@@ -36,6 +36,7 @@ from dpt_core.workflow import ClassSetup
 
 from . import formatting as fmt
 from .examples import EXAMPLES_DIR, ShippedExamples, examples_markdown, load_examples
+from .redact import example_at
 from .services import CUSTOM, Services
 from .session import trained_checkpoints
 
@@ -217,7 +218,10 @@ class PredictController:
     def on_example(self, examples: list[dict[str, Any]], preset: str | None,
                    evt: gr.SelectData) -> tuple[str, str | None]:
         """A gallery click: its DICOM original when there is one, and its suggested preset."""
-        example = examples[int(evt.index)]
+        try:
+            example = example_at(examples, evt.index)  # any client can send any index
+        except ValueError:
+            raise gr.Error("No such example.", print_exception=False) from None
         file = example.get("dicom") or example["file"]
         return str(EXAMPLES_DIR / file), example.get("suggested_preset") or preset
 
