@@ -189,7 +189,8 @@ class Services:
             raise ValueError("custom classes: add at least two class names to the table")
         setup = setup_classes(preset, class_names or None, descriptions)
         # The whole request's text cost, before any encoding (cached sentences are free).
-        check_text_budget(setup.class_names, setup.templates, setup.descriptions, self.backbone.text_cache.__contains__)
+        cached = self._backbone.text_cache.__contains__ if self._backbone is not None else None  # stay lazy
+        check_text_budget(setup.class_names, setup.templates, setup.descriptions, cached or (lambda _t: False))
         return setup
 
     def predictor(self, setup: ClassSetup, checkpoint_id: str | None = None,
