@@ -58,6 +58,7 @@ from dpt_core.evaluate import Evaluation
 from dpt_core.features import encode_images
 from dpt_core.hub import HubError, push_folder, valid_repo_id
 from dpt_core.imageio import ImageLoadError, load_image
+from dpt_core.integrity import SEED_MAX
 from dpt_core.limits import BudgetError, check_upload_pixels
 from dpt_core.losses import LossWeights
 from dpt_core.predictor import check_class_names
@@ -453,7 +454,7 @@ class TrainSettings:
         try:
             s = replace(self, epochs=int(self.epochs), views=int(self.views), lr=float(self.lr),
                         batch_size=int(self.batch_size), l1=float(self.l1), kl=float(self.kl), seed=int(self.seed))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
             raise FewShotError("Advanced settings: every field needs a number.") from None
         problems = []
         if not 1 <= s.epochs <= 200:
@@ -464,6 +465,8 @@ class TrainSettings:
             problems.append("the learning rate must be above 0 and at most 1")
         if s.l1 < 0 or s.kl < 0 or not (math.isfinite(s.l1) and math.isfinite(s.kl)):
             problems.append("loss weights must be 0 or more")
+        if not 0 <= s.seed <= SEED_MAX:
+            problems.append(f"the seed must be between 0 and {SEED_MAX}")
         if s.teacher not in TEACHER_MODES:
             problems.append(f"teacher must be one of {', '.join(TEACHER_MODES)}")
         if s.layout not in LAYOUTS:

@@ -91,3 +91,12 @@ def test_a_nan_dassl_context_is_refused(tmp_path):
 def test_finite_json_replaces_every_non_finite_number():
     doc = finite_json({"a": [1.0, math.nan, {"b": -math.inf}], "c": (2, math.inf), "d": "NaN"})
     assert json.dumps(doc, allow_nan=False) == '{"a": [1.0, null, {"b": null}], "c": [2, null], "d": "NaN"}'
+
+
+@pytest.mark.parametrize("field, value", [("seed", 10**30), ("seed", -5), ("seed", float("inf")), ("lr", float("nan")),
+                                          ("kl", float("inf"))])
+def test_the_few_shot_tab_names_bad_settings(field, value):
+    from app.fewshot_jobs import FewShotError, TrainSettings
+
+    with pytest.raises(FewShotError, match="Advanced settings"):
+        TrainSettings(**{field: value}).checked()
