@@ -57,9 +57,9 @@ from dpt_core.descriptions import class_key
 from dpt_core.evaluate import Evaluation
 from dpt_core.features import encode_images
 from dpt_core.hub import HubError, push_folder, valid_repo_id
-from dpt_core.imageio import ImageLoadError, load_image
+from dpt_core.imageio import ImageLoadError, frame_pixels, load_image
 from dpt_core.integrity import SEED_MAX
-from dpt_core.limits import BudgetError, check_upload_pixels
+from dpt_core.limits import BudgetError, check_pixel_budget, check_upload_pixels
 from dpt_core.losses import LossWeights
 from dpt_core.predictor import check_class_names
 from dpt_core.teacher import TEACHER_MODES, Teacher
@@ -316,6 +316,7 @@ def import_zip(zip_path: str | Path, class_names: Sequence[str] | None, dest: st
             raise FewShotError(f"At most {limits.max_per_class} images per class; the zip has too many for: "
                                + ", ".join(too_many) + ".")
         out = Path(dest)
+        _pixel_budget_of_members(zf, [info for info, _ in members])  # from headers, before decoding
         decoded = [(info, label, _read_image_member(zf, info)) for info, label in members]
         for info, label, data in decoded:
             folder = out / f"{label:02d}"
@@ -403,6 +404,20 @@ def _match_folders(folders: list[str], class_names: Sequence[str] | None,
                            + "; classes: " + ", ".join(class_names) + ". Rename the folders, or choose "
                            "'Custom classes' with an empty class list to take the folders as classes.")
     return list(class_names), label, unknown
+
+
+def _pixel_budget_of_members(zf: zipfile.ZipFile, infos: Sequence[zipfile.ZipInfo]) -> None:
+    def pixels(info: zipfile.ZipInfo) -> int:
+        try:
+            with zf.open(info) as fh:
+                return frame_pixels(fh.read(info.file_size + 1))
+        except (ImageLoadError, *_READ_ERRORS):
+            return 0  # reported by the decode that follows
+
+    try:
+        check_pixel_budget(pixels(i) for i in infos)
+    except BudgetError as exc:
+        raise FewShotError(f"The zip was refused: {exc}.") from None
 
 
 def _read_image_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:

@@ -117,3 +117,23 @@ def test_class_lists_must_hold_names():
     with pytest.raises(ValueError, match="strings"):
         parse_classes_text('[{"a": 1}, null]')
     assert parse_classes_text('["glioma", "normal"]') == ["glioma", "normal"]
+
+
+def test_a_zip_of_huge_images_is_refused_before_decoding(tmp_path, monkeypatch):
+    import io
+    import zipfile
+
+    import app.fewshot_jobs as jobs
+
+    decoded = []
+    monkeypatch.setattr(jobs, "load_image", lambda data: decoded.append(data))
+    monkeypatch.setattr(limits, "MAX_BATCH_PIXELS", 1_000_000)
+    buf = io.BytesIO()
+    Image.new("RGB", (600, 600)).save(buf, format="PNG")
+    upload = tmp_path / "upload.zip"
+    with zipfile.ZipFile(upload, "w") as zf:
+        for i in range(3):  # 3 x 0.36 million pixels
+            zf.writestr(f"glioma/{i}.png", buf.getvalue())
+    with pytest.raises(jobs.FewShotError, match="million pixels"):
+        jobs.import_zip(upload, ["glioma", "normal"], tmp_path / "dest")
+    assert decoded == [] and not (tmp_path / "dest").exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 from huggingface_hub import constants as hf_constants
+from loopback_server import loopback_endpoint  # noqa: F401 - the fixture
 
 from app.services import Services
 from dpt_core.describe import GenerationError

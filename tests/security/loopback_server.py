@@ -1,4 +1,4 @@
-"""Shared pieces of the threat tests: a recording HTTP server on loopback only."""
+"""A recording HTTP server on loopback only, for the threat tests (imported as a fixture)."""
 from __future__ import annotations
 
 import json
