@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-import pytest
 
 
 @dataclass
@@ -22,8 +22,8 @@ class Recorder:
         return [h.get("authorization", "") for _, _, h in self.requests]
 
 
-@pytest.fixture
-def loopback_endpoint():
+@contextmanager
+def recording_server() -> Iterator[Recorder]:
     """An HTTP server on 127.0.0.1 that records every request (and answers ``status``)."""
     holder: dict[str, Recorder] = {}
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 from huggingface_hub import constants as hf_constants
-from loopback_server import loopback_endpoint  # noqa: F401 - the fixture
+from loopback_server import recording_server
 
 from app.services import Services
 from dpt_core.describe import GenerationError
@@ -18,6 +18,13 @@ from dpt_core.hub import hub_token_for
 
 SERVER_TOKEN = "hf_ServerOwnersSecret0123456789"
 VISITOR_TOKEN = "hf_VisitorsOwnToken9876543210"
+
+
+@pytest.fixture
+def loopback_endpoint():
+    """A stand-in endpoint / Hub on 127.0.0.1 that records every request's headers."""
+    with recording_server() as recorder:
+        yield recorder
 
 
 @pytest.fixture
