@@ -32,7 +32,7 @@ from dpt_core.descriptions import load_bank
 from dpt_core.explain import Explanation, attention_rollout, gradcam
 from dpt_core.genpolicy import visitor_generator
 from dpt_core.hub import hub_token_for
-from dpt_core.limits import check_text_budget
+from dpt_core.limits import check_generation_count, check_text_budget
 from dpt_core.modality import ModalityCheck, check_modality
 from dpt_core.predictor import Prediction, Predictor
 from dpt_core.presets import list_presets
@@ -324,7 +324,7 @@ class Services:
             class_name=class_name,
             modality=p.modality if p else "medical imaging",
             organ=p.organ if p else "",
-            n=int(n),
+            n=check_generation_count(n),  # any client may send any number
             other_classes=tuple(c for c in setup.class_names if c != class_name),
         )
         if backend == "hf-inference":

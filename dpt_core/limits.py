@@ -22,6 +22,7 @@ MAX_REQUEST_SENTENCES = 2_000  # all prompts of a request, cached or not (scorin
 MAX_DESCRIPTION_CHARS = 60_000  # all description text of a request (every shipped bank is below 25,000)
 MAX_BATCH_PIXELS = 256_000_000  # decoded pixels of one upload batch (e.g. 256 images of 1000x1000)
 MAX_JSON_CHARS = 400_000  # a JSON text field of the API (classes, descriptions)
+MAX_GENERATED_SENTENCES = 30  # sentences one "Generate descriptions" request may ask for
 
 
 class BudgetError(ValueError):
@@ -72,6 +73,17 @@ def check_text_budget(
                           f"{MAX_NEW_SENTENCES:,}. Use fewer classes or sentences (sentences already "
                           "used on this server cost nothing).")
     return TextCost(len(texts), new, chars)
+
+
+def check_generation_count(n: object) -> int:
+    """The number of sentences a generation request asks for, as an int in 1..MAX_GENERATED_SENTENCES."""
+    try:
+        value = int(n)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        raise BudgetError("the number of sentences must be a whole number") from None
+    if not 1 <= value <= MAX_GENERATED_SENTENCES:
+        raise BudgetError(f"ask for 1 to {MAX_GENERATED_SENTENCES} sentences at a time")
+    return value
 
 
 def check_pixel_budget(pixel_counts: Iterable[int]) -> int:

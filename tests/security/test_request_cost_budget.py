@@ -137,3 +137,9 @@ def test_a_zip_of_huge_images_is_refused_before_decoding(tmp_path, monkeypatch):
     with pytest.raises(jobs.FewShotError, match="million pixels"):
         jobs.import_zip(upload, ["glioma", "normal"], tmp_path / "dest")
     assert decoded == [] and not (tmp_path / "dest").exists()
+
+
+@pytest.mark.parametrize("n", [0, 31, 10**9, float("inf"), float("nan"), "many"])
+def test_generation_asks_for_a_bounded_number_of_sentences(services, n):
+    with pytest.raises(BudgetError):
+        services.generate_descriptions(services.setup("btmri"), "glioma tumor", "retrieval", n)
