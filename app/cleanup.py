@@ -32,6 +32,7 @@ _ROOT_NAME = re.compile(rf"{re.escape(ROOT_PREFIX)}(\d+)-(\d+)")
 LEGACY_SESSION_PREFIX = "dpt-sessions-"  # session bases of versions before the per-process folder
 
 _root: Path | None = None
+_owner_pid = 0  # the process that created _root: a forked worker inherits atexit handlers, not the folder
 _lock = threading.Lock()
 
 
@@ -63,20 +64,20 @@ def _alive(pid: int, start: int) -> bool:
 
 def owned_temp_root() -> Path:
     """This process's private folder (mode 0700), created on first use and removed at exit."""
-    global _root
+    global _root, _owner_pid
     with _lock:
         if _root is None or not _root.is_dir():
             pid = os.getpid()
             path = Path(tempfile.gettempdir()) / f"{ROOT_PREFIX}{pid}-{_start_ticks(pid) or 0}"
             path.mkdir(mode=0o700, exist_ok=True)
-            _root = path
+            _root, _owner_pid = path, pid
             atexit.register(remove_owned_root)
         return _root
 
 
 def remove_owned_root() -> None:
-    """Delete this process's folder (idempotent, never raises)."""
-    if _root is not None:
+    """Delete this process's folder (idempotent, never raises; a forked child leaves it alone)."""
+    if _root is not None and os.getpid() == _owner_pid:
         shutil.rmtree(_root, ignore_errors=True)
 
 

@@ -139,3 +139,14 @@ def test_kill_9_leftovers_are_swept_by_the_next_start_and_sigterm_cleans_up(tmp_
     finally:
         if first.poll() is None:
             first.kill()
+
+
+def test_a_forked_worker_never_removes_the_servers_folder():
+    # On ZeroGPU every model call runs in a process forked from the server; it inherits atexit.
+    root = cleanup.owned_temp_root()
+    pid = os.fork()
+    if pid == 0:  # the child runs the inherited exit handler, then leaves without the others
+        cleanup.remove_owned_root()
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert root.is_dir()
