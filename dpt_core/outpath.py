@@ -7,13 +7,12 @@ the output path is checked first: it may be new, an empty folder, or (with
 """
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 CHECKPOINT_FILES = ("config.json", "prompts.safetensors")
-# What ``write_checkpoint`` itself writes: a folder holding only these is a previous checkpoint.
-_CHECKPOINT_CONTENT = {"config.json", "prompts.safetensors", "README.md"}
 
 
 class OutPathError(ValueError):
@@ -21,9 +20,14 @@ class OutPathError(ValueError):
 
 
 def is_checkpoint_folder(path: Path) -> bool:
-    """A folder written by this project: the checkpoint files and nothing but them (and its card)."""
-    names = {p.name for p in path.iterdir()}
-    return all(n in names for n in CHECKPOINT_FILES) and names <= _CHECKPOINT_CONTENT
+    """A folder written by this project: both checkpoint files, and a config.json that says so."""
+    if not all((path / name).is_file() for name in CHECKPOINT_FILES):
+        return False
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(config, dict) and "format_version" in config
 
 
 def check_out_path(out: str | os.PathLike, overwrite: bool = False) -> Path:
