@@ -421,6 +421,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: interrupted", file=sys.stderr)
         return 1
     except Exception as exc:  # noqa: BLE001 - the CLI contract: one line, never a traceback
-        log.debug("unexpected error", exc_info=True)  # -v shows the trace for a bug report
+        log.debug("unexpected error", exc_info=True)  # the trace, for a bug report, at debug level only
         print(f"error: {error_line(exc)} ({type(exc).__name__})", file=sys.stderr)
         return 1
