@@ -30,7 +30,7 @@ from dpt_core.describe import (
 )
 from dpt_core.descriptions import load_bank
 from dpt_core.explain import Explanation, attention_rollout, gradcam
-from dpt_core.genpolicy import visitor_generator
+from dpt_core.genpolicy import check_generation_model, visitor_generator
 from dpt_core.hub import hub_token_for
 from dpt_core.limits import check_generation_count, check_text_budget
 from dpt_core.modality import ModalityCheck, check_modality
@@ -332,7 +332,7 @@ class Services:
             # used for this request and never kept; the model comes from the server's allowlist.
             return visitor_generator(backend, model, token).generate(request)
         if backend == "local":
-            model = visitor_generator(backend, model, None).model  # allowlisted, or GenerationError
+            model = check_generation_model(backend, model)  # allowlisted, or GenerationError
         return self.calls.describe(self.ref, p.name if p else None, request, backend, model or "").unwrap()
 
     # ------------------------------------------------------------------ few-shot training
