@@ -143,3 +143,18 @@ def test_a_zip_of_huge_images_is_refused_before_decoding(tmp_path, monkeypatch):
 def test_generation_asks_for_a_bounded_number_of_sentences(services, n):
     with pytest.raises(BudgetError):
         services.generate_descriptions(services.setup("btmri"), "glioma tumor", "retrieval", n)
+
+
+def test_an_api_caller_gets_the_budget_message_before_any_work(tiny, ct_path, encoder_calls):
+    import json
+
+    import gradio as gr
+
+    from app.predict_tab import PredictController
+
+    classes = ["glioma tumor", "meningioma tumor", "pituitary tumor", "normal brain"]
+    descriptions = json.dumps({c: sentences(100, 390) for c in classes})  # 156,000 characters
+    with pytest.raises(gr.Error) as err:
+        PredictController(Services(tiny)).api_predict(ct_path, "btmri", None, json.dumps(classes), descriptions)
+    assert "at most 60,000" in err.value.message and "Traceback" not in err.value.message
+    assert encoder_calls == []
