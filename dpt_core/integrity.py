@@ -27,6 +27,14 @@ def tensor_problem(tensors: Mapping[str, torch.Tensor]) -> str | None:
     return None
 
 
+def nonfinite_problem(tensors: Mapping[str, torch.Tensor]) -> str | None:
+    """The first floating-point tensor holding NaN or infinity (integer buffers are skipped), else None."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return f"tensor {name!r} holds NaN or infinite values"
+    return None
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 

@@ -100,3 +100,17 @@ def test_the_few_shot_tab_names_bad_settings(field, value):
 
     with pytest.raises(FewShotError, match="Advanced settings"):
         TrainSettings(**{field: value}).checked()
+
+
+def test_backbone_weights_with_nan_do_not_load(tmp_path):
+    from dpt_core.backbone import BackboneError, load_backbone
+    from dpt_core.localdir import write_tiny_backbone
+
+    spec = write_tiny_backbone(tmp_path / "bb")
+    weights = tmp_path / "bb" / "open_clip_model.safetensors"
+    tensors = load_file(str(weights))
+    name = next(k for k, v in tensors.items() if v.is_floating_point() and v.ndim == 2)
+    tensors[name][0, 0] = float("nan")
+    save_file(tensors, str(weights))
+    with pytest.raises(BackboneError, match="NaN or infinite"):
+        load_backbone(spec, "cpu")
