@@ -32,7 +32,7 @@ def message_of(fn, *args) -> str:
 
 
 @pytest.mark.parametrize("text, shown", [
-    ("/root/.cache/huggingface/hub/models--o--r/snapshots/x/config.json: unreadable", "config.json: unreadable"),
+    ("/home/someone/.cache/huggingface/hub/models--o--r/snapshots/x/config.json: unreadable", "config.json: unreadable"),
     ("no checkpoint at '/srv/app/private/ck': expected a folder", "no checkpoint at 'ck': expected a folder"),
     (r"cannot open C:\Users\alice\scan.dcm now", "cannot open scan.dcm now"),
     ("hf-hub:ORG/REPO[/SUBFOLDER][@REVISION] and 3/4 and ORG/REPO", "hf-hub:ORG/REPO[/SUBFOLDER][@REVISION] and 3/4 and ORG/REPO"),
