@@ -1,7 +1,6 @@
 """Choices and parsing shared by the tabs: presets, checkpoints, API class lists and descriptions."""
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, Callable, TypeVar
 
@@ -9,6 +8,7 @@ import gradio as gr
 
 from dpt_core.descriptions import DescriptionsError, validate_descriptions
 from dpt_core.errors import InputError
+from dpt_core.limits import parse_json_field
 from dpt_core.presets import list_presets, load_preset
 from dpt_core.registry import entries_for
 
@@ -63,13 +63,10 @@ def parse_classes_text(text: str | None) -> list[str] | None:
     if not text:
         return None
     if text.startswith("["):
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"classes: not a valid JSON list ({exc.msg})") from None
-        if not isinstance(value, list):
-            raise InputError("classes: expected a JSON list of names")
-        return [str(v) for v in value]
+        value = parse_json_field(text, "classes")  # bounded size and nesting
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise InputError("classes: expected a JSON list of names (strings)")
+        return value
     return split_class_text(text)
 
 
@@ -79,7 +76,7 @@ def parse_descriptions_text(text: str | None) -> dict[str, list[str]] | None:
     if not text:
         return None
     try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DescriptionsError(f"descriptions: not valid JSON ({exc.msg})") from None
+        raw = parse_json_field(text, "descriptions")  # bounded size and nesting
+    except ValueError as exc:
+        raise DescriptionsError(str(exc)) from None
     return validate_descriptions(raw, source="descriptions")

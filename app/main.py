@@ -16,6 +16,7 @@ import gradio as gr
 from dpt_core.backbone import DEFAULT_BACKBONE, BackboneError
 from dpt_core.reachability import work_offline_if_unreachable
 
+from . import cleanup
 from . import formatting as fmt
 from .choices import checkpoint_choices
 from .examples import EXAMPLES_DIR
@@ -133,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("GRADIO_FLAGGING_MODE", "never")  # Blocks do not flag; belt and braces
+    cleanup.prepare(retention_s=CACHE_LIFETIME[1])  # sweep what killed runs left, own the uploads, handle SIGTERM
     if args.allow_local_checkpoints:
         from .choices import ALLOW_LOCAL_ENV
 

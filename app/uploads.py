@@ -19,6 +19,7 @@ from PIL import Image
 from dpt_core.data import LabelledImages
 from dpt_core.errors import FewShotError
 from dpt_core.imageio import ImageLoadError, load_image
+from dpt_core.limits import BudgetError, check_upload_pixels
 from dpt_core.predictor import check_class_names
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,10 @@ class CardSummary:
 
 def summarize_card(paths: Sequence[str] | None, thumb_px: int = 96) -> CardSummary:
     """Decode each upload once for a thumbnail; unreadable files are listed, not raised."""
+    try:
+        _pixel_budget(list(paths or []))
+    except FewShotError as err:  # over budget: nothing is decoded, the card says why
+        return CardSummary([], 0, [str(err)])
     thumbs, problems = [], []
     for p in paths or []:
         try:
@@ -112,6 +117,14 @@ def summarize_card(paths: Sequence[str] | None, thumb_px: int = 96) -> CardSumma
         im.thumbnail((thumb_px, thumb_px))
         thumbs.append((im, Path(p).name))
     return CardSummary(thumbs, len(thumbs), problems)
+
+
+def _pixel_budget(paths: Sequence[str]) -> None:
+    """The decoded-pixel budget of one upload batch, checked from headers before decoding."""
+    try:
+        check_upload_pixels(paths)
+    except BudgetError as exc:
+        raise FewShotError(f"{str(exc)[0].upper()}{str(exc)[1:]}.") from None
 
 
 def check_consent(consent: bool) -> None:
@@ -135,6 +148,7 @@ def load_class_images(class_names: Sequence[str], files_per_class: Sequence[Sequ
     total = sum(_size(p) for f in files for p in f)
     if total > limits.max_total_bytes:
         raise FewShotError(f"The uploads add up to {_mb(total)}; the limit is {_mb(limits.max_total_bytes)}.")
+    _pixel_budget([p for f in files for p in f])
     images, labels, problems = [], [], []
     for label, (name, paths) in enumerate(zip(class_names, files)):
         for p in paths:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from dpt_core.descriptions import class_key
 from dpt_core.errors import FewShotError
-from dpt_core.imageio import ImageLoadError, load_image
+from dpt_core.imageio import ImageLoadError, frame_pixels, load_image
+from dpt_core.limits import BudgetError, check_pixel_budget
 
 from .uploads import _JUNK_NAMES, _READ_ERRORS, LIMITS, Limits, _mb, parse_class_names
 
@@ -69,6 +70,7 @@ def import_zip(zip_path: str | Path, class_names: Sequence[str] | None, dest: st
             raise FewShotError(f"At most {limits.max_per_class} images per class; the zip has too many for: "
                                + ", ".join(too_many) + ".")
         out = Path(dest)
+        _pixel_budget_of_members(zf, [info for info, _ in members])  # from headers, before decoding
         decoded = [(info, label, _read_image_member(zf, info)) for info, label in members]
         for info, label, data in decoded:
             folder = out / f"{label:02d}"
@@ -156,6 +158,20 @@ def _match_folders(folders: list[str], class_names: Sequence[str] | None,
                            + "; classes: " + ", ".join(class_names) + ". Rename the folders, or choose "
                            "'Custom classes' with an empty class list to take the folders as classes.")
     return list(class_names), label, unknown
+
+
+def _pixel_budget_of_members(zf: zipfile.ZipFile, infos: Sequence[zipfile.ZipInfo]) -> None:
+    def pixels(info: zipfile.ZipInfo) -> int:
+        try:
+            with zf.open(info) as fh:
+                return frame_pixels(fh.read(info.file_size + 1))
+        except (ImageLoadError, *_READ_ERRORS):
+            return 0  # reported by the decode that follows
+
+    try:
+        check_pixel_budget(pixels(i) for i in infos)
+    except BudgetError as exc:
+        raise FewShotError(f"The zip was refused: {exc}.") from None
 
 
 def _read_image_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:

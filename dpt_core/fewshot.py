@@ -40,6 +40,7 @@ from .data import LabelledImages
 from .errors import FewShotError, TrainingStopped
 from .evaluate import Evaluation
 from .features import encode_images
+from .integrity import SEED_MAX
 from .losses import LossWeights
 from .teacher import TEACHER_MODES, Teacher
 from .train import FitState, StepInfo, TrainConfig, finish_fit, fit_epochs
@@ -125,7 +126,7 @@ class TrainSettings:
             s = replace(self, epochs=int(self.epochs), views=int(self.views), lr=float(self.lr),
                         batch_size=int(self.batch_size), l1=float(self.l1), kl=float(self.kl), seed=int(self.seed),
                         holdout=float(self.holdout))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
             raise FewShotError("Advanced settings: every field needs a number.") from None
         problems = []
         if not 1 <= s.epochs <= 200:
@@ -136,6 +137,8 @@ class TrainSettings:
             problems.append("the learning rate must be above 0 and at most 1")
         if s.l1 < 0 or s.kl < 0 or not (math.isfinite(s.l1) and math.isfinite(s.kl)):
             problems.append("loss weights must be 0 or more")
+        if not 0 <= s.seed <= SEED_MAX:
+            problems.append(f"the seed must be between 0 and {SEED_MAX}")
         if s.batch_size < 1:
             problems.append("the batch size must be 1 or more")
         if not 0 <= s.holdout < 1:

@@ -26,6 +26,7 @@ from .combine import CombinationNet
 from .descriptions import class_key
 from .errors import InputError
 from .features import encode_images
+from .limits import check_class_name_lengths
 from .losses import scaled_logits
 from .model import BiomedDPT
 from .prompt_bank import SOURCES, build_prompt_bank
@@ -83,7 +84,10 @@ class Prediction:
 
 def check_class_names(class_names: Sequence[str]) -> list[str]:
     """Clean and validate a class list (the UI shows these messages as they are)."""
-    names = [" ".join(str(c).split()) for c in class_names]
+    if not all(isinstance(c, str) for c in class_names):  # e.g. JSON [{"a": 1}, null]: not names
+        raise ValueError("class names must be text")
+    names = [" ".join(c.split()) for c in class_names]
+    check_class_name_lengths(names)
     if any(not n for n in names):
         raise InputError("class names cannot be empty")
     if len(names) < 2:

@@ -46,6 +46,7 @@ from ..choices import (
 from ..description_proposal import proposal_view
 from ..errors import user_errors
 from ..examples import EXAMPLES_DIR, ShippedExamples
+from ..redact import example_at
 from ..services import CUSTOM, Services
 from ..session import trained_checkpoints
 
@@ -149,19 +150,27 @@ class PredictController:
         """Label, sources, modality note, plot, contributions table, overlay, caption, states."""
         return (None, None, "", None, None, None, "", None, None)
 
-    def on_example(self, examples: list[dict[str, Any]], preset: str | None, state: dict | None, table: Any,
-                   checkpoint: str | None, evt: gr.SelectData) -> tuple:
-        """A gallery click: its DICOM original when there is one, and its suggested preset.
+    def on_example(self, examples: list[dict[str, Any]], preset: str | None,
+                   evt: gr.SelectData) -> tuple[str, str | None]:
+        """A gallery click: its DICOM original when there is one, and its suggested preset."""
+        try:
+            example = example_at(examples, evt.index)  # any client can send any index
+        except ValueError:
+            raise gr.Error("No such example.", print_exception=False) from None
+        file = example.get("dicom") or example["file"]
+        return str(EXAMPLES_DIR / file), example.get("suggested_preset") or preset
+
+    def on_example_click(self, examples: list[dict[str, Any]], preset: str | None, evt: gr.SelectData,
+                         state: dict | None, table: Any, checkpoint: str | None) -> tuple:
+        """``on_example``, plus the new preset's classes and checkpoints when the preset changes.
 
         Preset listeners react to user input only (so that programmatic updates cannot race
         each other), hence a preset changed here brings its classes and checkpoints itself.
         """
-        example = examples[int(evt.index)]
-        file = example.get("dicom") or example["file"]
-        new_preset = example.get("suggested_preset") or preset
+        path, new_preset = self.on_example(examples, preset, evt)
         if new_preset == preset:
-            return (str(EXAMPLES_DIR / file), gr.update(), *([gr.update()] * 5))
-        return (str(EXAMPLES_DIR / file), new_preset, *self.on_preset(new_preset, state, table, checkpoint))
+            return (path, gr.update(), *([gr.update()] * 5))
+        return (path, new_preset, *self.on_preset(new_preset, state, table, checkpoint))
 
     # -------------------------------------------------------------- classes
     @user_errors("change the preset")

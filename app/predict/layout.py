@@ -97,9 +97,10 @@ def create_predict_tab(services: Services, session: gr.State) -> PredictHandles:
                                            value="retrieval", label="Generate with")
                     gen_n = gr.Slider(1, 30, value=10, step=1, label="Sentences")
                 with gr.Row():
-                    gen_model = gr.Textbox(label="Model id (HF Inference or local)", placeholder="default LLM")
+                    gen_model = gr.Textbox(label="Model id (from this server's list)",
+                                           placeholder="the server's first listed model")
                     gen_token = gr.Textbox(label="HF token (used for this request only, never stored)",
-                                           type="password", placeholder="or set HF_TOKEN on the server")
+                                           type="password", placeholder="your own token (needed for HF Inference)")
                 gen_btn = gr.Button("Generate descriptions")
                 gen_note = gr.Markdown()
                 gen_msg = gr.Markdown(elem_id="generate-msg")
@@ -158,7 +159,7 @@ def create_predict_tab(services: Services, session: gr.State) -> PredictHandles:
     on(frame.input, ctl.on_frame, [image, frame], [preview, image_info, *results], scan_msg, "read that frame",
        trigger_mode="always_last")
     preset_outputs = [table, checkpoint, preset_info, gen_class, desc_box]
-    on(gallery.select, ctl.on_example, [examples_state, preset, session, table, checkpoint],
+    on(gallery.select, ctl.on_example_click, [examples_state, preset, session, table, checkpoint],
        [image, preset, *preset_outputs], scan_msg, "open the example")
     # .input, not .change: only the user's own choice triggers these. Programmatic updates
     # (an example click, "Use in Predict") bring everything they change in one handler, so
