@@ -152,6 +152,33 @@ def _build(services: Services) -> _Ui:
                                          "no patient identifiers.")
     consent = gr.Checkbox(False, label=CONSENT_TEXT, elem_id="fewshot-consent")
     d = TrainSettings.from_setup(services.setup(DEFAULT_PRESET), gpu=_uses_gpu(services))
+    adv = _advanced(d)
+    with gr.Row():
+        train = gr.Button("Train", variant="primary", interactive=False, elem_id="fewshot-train")
+        # Idle: nothing to stop. Enabled while a run is queued or training.
+        stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="fewshot-stop")
+    train_hint = gr.Markdown(TRAIN_HINT, elem_id="fewshot-train-hint")  # why Train is disabled
+    train_msg = gr.Markdown(elem_id="fewshot-msg")  # why Train could not start
+    status = gr.Markdown(elem_id="fewshot-status")
+    plot = gr.LinePlot(None, x="epoch", y="loss", color="part", title="Mean loss per epoch", height=260,
+                       visible=False, elem_id="fewshot-loss")
+    res = _result_column()
+    return _Ui(
+        preset=preset, classes=classes, classes_msg=classes_msg, zip_file=zip_file, zip_report=zip_report,
+        cards=cards, headers=headers, files=files, galleries=galleries, counts=counts, description=description,
+        consent=consent, train=train, stop=stop_btn, status=status, plot=plot, train_hint=train_hint,
+        train_msg=train_msg, zip_msg=zip_msg,
+        **{k: adv[k] for k in ("epochs", "views", "lr", "l1", "kl", "teacher", "layout", "seed")},
+        **{k: res[k] for k in ("result", "summary", "per_class", "confusion", "use", "download", "repo", "token",
+                               "private", "push_msg", "push_err")},
+        push=res["push_btn"],
+        pending=gr.State(None, time_to_live=PENDING_TTL_S),  # a validated run: upload paths and settings
+        last=gr.State(None),  # the last result: label, folder, zip path, preset (strings only)
+    )
+
+
+def _advanced(d: TrainSettings) -> dict[str, Any]:
+    """The Advanced accordion: the run's settings, at the defaults ``d``."""
     with gr.Accordion("Advanced", open=False):
         gr.Markdown(DEFAULT_SETTINGS_NOTE)
         with gr.Row():
@@ -165,15 +192,11 @@ def _build(services: Services) -> _Ui:
             kl = gr.Number(d.kl, label="λ_KL (distillation)", minimum=0)
             teacher = gr.Radio(list(TEACHER_MODES), value=d.teacher, label="Teacher (mean: paper v1; ranked: journal)")
             layout = gr.Radio(list(LAYOUTS), value=d.layout, label="Visual prompt layout")
-    with gr.Row():
-        train = gr.Button("Train", variant="primary", interactive=False, elem_id="fewshot-train")
-        # Idle: nothing to stop. Enabled while a run is queued or training.
-        stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="fewshot-stop")
-    train_hint = gr.Markdown(TRAIN_HINT, elem_id="fewshot-train-hint")  # why Train is disabled
-    train_msg = gr.Markdown(elem_id="fewshot-msg")  # why Train could not start
-    status = gr.Markdown(elem_id="fewshot-status")
-    plot = gr.LinePlot(None, x="epoch", y="loss", color="part", title="Mean loss per epoch", height=260,
-                       visible=False, elem_id="fewshot-loss")
+    return {k: v for k, v in locals().items() if isinstance(v, gr.blocks.Block)}
+
+
+def _result_column() -> dict[str, Any]:
+    """Held-out check, Use in Predict, download and push (hidden until a run ends)."""
     with gr.Column(visible=False, elem_id="fewshot-result") as result:
         summary = gr.Markdown(elem_id="fewshot-summary")
         with gr.Row():
@@ -193,17 +216,7 @@ def _build(services: Services) -> _Ui:
             push_btn = gr.Button("Push")
             push_msg = gr.Markdown()
             push_err = gr.Markdown(elem_id="fewshot-push-msg")
-    return _Ui(
-        preset=preset, classes=classes, classes_msg=classes_msg, zip_file=zip_file, zip_report=zip_report,
-        cards=cards, headers=headers, files=files, galleries=galleries, counts=counts, description=description,
-        consent=consent, epochs=epochs, views=views, lr=lr, l1=l1, kl=kl, teacher=teacher, layout=layout,
-        seed=seed, train=train, stop=stop_btn, status=status, plot=plot, result=result, summary=summary,
-        per_class=per_class, confusion=confusion, use=use, download=download, repo=repo, token=token,
-        private=private, push=push_btn, push_msg=push_msg, train_hint=train_hint, train_msg=train_msg,
-        zip_msg=zip_msg, push_err=push_err,
-        pending=gr.State(None, time_to_live=PENDING_TTL_S),  # a validated run: upload paths and settings
-        last=gr.State(None),  # the last result: label, folder, zip path, preset (strings only)
-    )
+    return {k: v for k, v in locals().items() if isinstance(v, gr.blocks.Block)}
 
 
 def _wire(ui: _Ui, services: Services, session: gr.State, predict: Any, tabs: gr.Tabs) -> None:
