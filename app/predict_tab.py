@@ -35,6 +35,7 @@ from dpt_core.registry import entries_for, entry
 from dpt_core.workflow import ClassSetup
 
 from . import formatting as fmt
+from . import trust_view
 from .examples import EXAMPLES_DIR, ShippedExamples, examples_markdown, load_examples
 from .services import CUSTOM, Services
 from .session import trained_checkpoints
@@ -214,8 +215,8 @@ class PredictController:
 
     @staticmethod
     def cleared_results() -> tuple:
-        """Label, sources, modality note, plot, contributions table, overlay, caption, states."""
-        return (None, None, "", None, None, None, "", None, None)
+        """Label, sources, modality note, plot, contributions table, overlay, caption, states, calibration."""
+        return (None, None, "", None, None, None, "", None, None, "")
 
     def on_example(self, examples: list[dict[str, Any]], preset: str | None,
                    evt: gr.SelectData) -> tuple[str, str | None]:
@@ -369,6 +370,7 @@ class PredictController:
             fmt.contributions_table_frame(rows),
             gr.update(choices=[("Predicted class", PREDICTED)] + [(c, c) for c in pred.class_names], value=PREDICTED),
             pred,  # kept to redraw the contributions for another class without recomputing
+            trust_view.calibration_markdown(pred),
         )
 
     @staticmethod
@@ -379,17 +381,20 @@ class PredictController:
         return fmt.contributions_plot_frame(rows), fmt.contributions_table_frame(rows)
 
     # -------------------------------------------------------------- attention
-    def run_explain(self, req: PredictRequest, method: str, target: str | None, phrase: str | None) -> Explanation:
+    def run_explain(self, req: PredictRequest, method: str, target: str | None, phrase: str | None,
+                    faithfulness: bool = False) -> Explanation:
         target_class = None if not target or target == PREDICTED else target
-        return self.services.explain(req.setup, req.checkpoint, req.loaded.image, method, target_class, phrase)
+        return self.services.explain(req.setup, req.checkpoint, req.loaded.image, method, target_class, phrase,
+                                     faithfulness=bool(faithfulness))
 
     @user_errors("compute the attention map")
     def on_explain(self, path: FileValue, frame: Any, preset: str | None, checkpoint: str | None,
                    table: Any, state: dict | None, method: str, target: str | None, phrase: str | None,
-                   alpha: float) -> tuple[Image.Image, str, Explanation]:
+                   alpha: float, faithfulness: bool = False) -> tuple[Image.Image, str, Explanation]:
         req = self.resolve(path, frame, preset, checkpoint, table, state)
-        expl = self.run_explain(req, method, target, phrase)
-        return overlay(expl, float(alpha)), fmt.explanation_caption(expl), expl
+        expl = self.run_explain(req, method, target, phrase, faithfulness)
+        caption = "\n\n".join(t for t in (fmt.explanation_caption(expl), trust_view.faithfulness_line(expl)) if t)
+        return overlay(expl, float(alpha)), caption, expl
 
     @staticmethod
     def on_alpha(alpha: float, expl: Explanation | None) -> Any:
@@ -448,6 +453,7 @@ class PredictController:
         classes: str | None = None,
         descriptions: str | None = None,
         frame: float | None = None,
+        faithfulness: bool | None = False,
     ) -> tuple[Image.Image, dict[str, Any]]:
         """Attention overlay of one scan (model attention, not lesion localisation).
 
@@ -461,6 +467,9 @@ class PredictController:
             classes: as for /predict.
             descriptions: as for /predict.
             frame: as for /predict.
+            faithfulness: true to add the deletion test of the map (8 extra forwards):
+                {"faithfulness": {"deletion_auc", "random_auc", "steps"}} in the info; lower
+                deletion AUC than random means the map points at what the model uses.
         Returns:
             The overlay image and a description of the map.
         """
@@ -468,8 +477,9 @@ class PredictController:
         target = " ".join((target or "").split())
         by_key = {class_key(c): c for c in req.setup.class_names}
         target_class, phrase = (by_key[class_key(target)], None) if class_key(target) in by_key else (None, target)
-        expl = self.run_explain(req, (method or "gradcam").strip().lower(), target_class, phrase)
-        return overlay(expl, DEFAULT_ALPHA if alpha is None else float(alpha)), fmt.explanation_info(expl)
+        expl = self.run_explain(req, (method or "gradcam").strip().lower(), target_class, phrase, bool(faithfulness))
+        return (overlay(expl, DEFAULT_ALPHA if alpha is None else float(alpha)),
+                {**fmt.explanation_info(expl), **trust_view.faithfulness_info(expl)})
 
 
 # ---------------------------------------------------------------------- layout
@@ -547,6 +557,7 @@ def create_predict_tab(services: Services, session: gr.State) -> PredictHandles:
         label = gr.Label(label="Prediction (learned prompt)", num_top_classes=10, elem_id="prediction-label")
         sources = gr.Dataframe(headers=fmt.SOURCE_HEADERS, label="Probability by prompt source", interactive=False,
                                wrap=True)
+    calibration_md = gr.Markdown(elem_id="calibration")
     modality_md = gr.Markdown(elem_id="modality-check")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
@@ -569,6 +580,8 @@ def create_predict_tab(services: Services, session: gr.State) -> PredictHandles:
                                  label="Grad-CAM target class")
             phrase = gr.Textbox(label="…or a phrase (Grad-CAM towards this text instead)", max_lines=1)
             alpha = gr.Slider(0.0, 1.0, value=DEFAULT_ALPHA, step=0.05, label="Overlay opacity")
+            faithful = gr.Checkbox(False, label="Check faithfulness (deletion test, 8 extra forward passes)",
+                                   elem_id="faithfulness")
             explain_btn = gr.Button("Show attention", elem_id="explain-btn")
         with gr.Column(scale=5):
             overlay_img = gr.Image(label="Model attention, not lesion localisation", type="pil", format="png",
@@ -578,7 +591,8 @@ def create_predict_tab(services: Services, session: gr.State) -> PredictHandles:
     examples_state = gr.State(examples)
     pred_state = gr.State(None)
     expl_state = gr.State(None)
-    results = [label, sources, modality_md, contrib_plot, contrib_table, overlay_img, caption, pred_state, expl_state]
+    results = [label, sources, modality_md, contrib_plot, contrib_table, overlay_img, caption, pred_state, expl_state,
+               calibration_md]
     private = {"api_visibility": "private"}
 
     image.change(ctl.on_upload, [image], [frame, preview, image_info, *results], **private)
@@ -595,10 +609,12 @@ def create_predict_tab(services: Services, session: gr.State) -> PredictHandles:
                   [table, desc_box, gen_note], **private)
     inputs = [image, frame, preset, checkpoint, table, session]
     predict_btn.click(ctl.on_predict, inputs,
-                      [label, sources, modality_md, contrib_class, contrib_plot, contrib_table, target, pred_state],
+                      [label, sources, modality_md, contrib_class, contrib_plot, contrib_table, target, pred_state,
+                       calibration_md],
                       concurrency_id="model", concurrency_limit=4, **private)
     contrib_class.change(ctl.on_contrib_class, [contrib_class, pred_state], [contrib_plot, contrib_table], **private)
-    explain_btn.click(ctl.on_explain, [*inputs, method, target, phrase, alpha], [overlay_img, caption, expl_state],
+    explain_btn.click(ctl.on_explain, [*inputs, method, target, phrase, alpha, faithful],
+                      [overlay_img, caption, expl_state],
                       concurrency_id="model", **private)
     alpha.release(ctl.on_alpha, [alpha, expl_state], [overlay_img], **private)
 
@@ -618,6 +634,7 @@ def _api_endpoints(ctl: PredictController) -> None:
         target = gr.Textbox(label="target", value=None)
         method = gr.Textbox(label="method", value="gradcam")
         alpha = gr.Number(label="alpha", value=DEFAULT_ALPHA)
+        faithfulness = gr.Checkbox(label="faithfulness", value=False)
         label = gr.Label(label="prediction")
         details = gr.JSON(label="details")
         overlay_img = gr.Image(label="overlay", type="pil", format="png")
@@ -626,5 +643,6 @@ def _api_endpoints(ctl: PredictController) -> None:
         explain_btn = gr.Button("api explain")
     predict_btn.click(ctl.api_predict, [image, preset, checkpoint, classes, descriptions, frame], [label, details],
                       api_name="predict", concurrency_id="model")
-    explain_btn.click(ctl.api_explain, [image, preset, target, method, alpha, checkpoint, classes, descriptions, frame],
+    explain_btn.click(ctl.api_explain, [image, preset, target, method, alpha, checkpoint, classes, descriptions, frame,
+                                        faithfulness],
                       [overlay_img, info], api_name="explain", concurrency_id="model")

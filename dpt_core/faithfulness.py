@@ -129,7 +129,7 @@ def faithfulness(
     image: Image.Image,
     heatmap: np.ndarray,
     masked_cells: Sequence[int],
-    target: int,
+    target: int | None,
     class_features: torch.Tensor,
     steps: int = DEFAULT_STEPS,
     seed: int = 0,
@@ -138,11 +138,12 @@ def faithfulness(
 
     The curve is the softmax probability of row ``target`` of ``class_features`` [K, E]
     (the class text features, with a typed phrase appended as an extra row when
-    the map was made for a phrase), at the backbone's logit scale.
+    the map was made for a phrase), at the backbone's logit scale; ``target``
+    None: the class the intact image is predicted as (for a rollout map).
     """
     backbone = model.backbone
     grid = tuple(backbone.grid_size)
-    if not 0 <= target < class_features.shape[0]:
+    if target is not None and not 0 <= target < class_features.shape[0]:
         raise ValueError(f"target {target} is not a row of the {class_features.shape[0]} class features")
     dtype = next(backbone.trunk.parameters()).dtype
     x = eval_transform(backbone)(image.convert("RGB")).unsqueeze(0).to(backbone.device, dtype)
@@ -151,6 +152,27 @@ def faithfulness(
 
     def score(batch: torch.Tensor) -> torch.Tensor:
         feats = model.encode_image(batch).float()
-        return torch.softmax(tau * feats @ text.t(), dim=-1)[:, target]
+        probs = torch.softmax(tau * feats @ text.t(), dim=-1)  # [B, K]; row 0 is the intact image
+        return probs[:, int(probs[0].argmax()) if target is None else target]
 
     return deletion_test(score, x, cell_scores(heatmap, grid), masked_cells, grid, steps, seed)
+
+
+def explanation_faithfulness(model: BiomedDPT, image: Image.Image, explanation, class_features: torch.Tensor,
+                             class_names: Sequence[str], phrase_feature: torch.Tensor | None = None,
+                             steps: int = DEFAULT_STEPS) -> Faithfulness:
+    """The deletion test of an ``explain.Explanation``, scored on what its map was made for.
+
+    A Grad-CAM map of a class: that class's probability; of a phrase (``phrase_feature``
+    [E] given): the phrase's probability among the classes and the phrase; a rollout
+    map (no target): the probability of the predicted class.
+    """
+    features = class_features
+    if phrase_feature is not None:
+        features = torch.cat([class_features, phrase_feature.view(1, -1).to(class_features.device)])
+        target: int | None = len(class_names)
+    elif explanation.target in class_names:
+        target = list(class_names).index(explanation.target)
+    else:
+        target = None
+    return faithfulness(model, image, explanation.heatmap, explanation.masked_cells, target, features, steps)

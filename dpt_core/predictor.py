@@ -59,6 +59,7 @@ class Prediction:
     prompts: list[PromptContribution] = field(repr=False)  # every weighted prompt of every class
     calibrated_probs: dict[str, float] | None = None  # None: the checkpoint is not calibrated for these classes
     prediction_set: PredictionSet | None = None  # conformal set (or why none); None when not calibrated
+    calibration_note: str = ""  # why there are no calibrated probabilities ("" when there are)
 
     @property
     def prediction(self) -> str:
@@ -224,7 +225,8 @@ class Predictor:
             row = contrib[b].tolist()
             prompts = [PromptContribution(names[prompts_of_bank[i].class_index], prompts_of_bank[i].source,
                                           prompts_of_bank[i].text, self._weights[i], row[i]) for i in self._used]
-            pred = Prediction(list(names), logits[b].tolist(), learned, sources, source_logits, prompts)
+            pred = Prediction(list(names), logits[b].tolist(), learned, sources, source_logits, prompts,
+                              calibration_note=self.calibration_note)
             if calibrated is not None:
                 pred.calibrated_probs = {n: float(p) for n, p in zip(names, calibrated[b])}
                 pred.prediction_set = self.calibration.prediction_set(calibrated[b], names, coverage)
