@@ -369,8 +369,8 @@ class PredictController:
             fmt.contributions_plot_frame(rows),
             fmt.contributions_table_frame(rows),
             gr.update(choices=[("Predicted class", PREDICTED)] + [(c, c) for c in pred.class_names], value=PREDICTED),
-            pred,  # kept to redraw the contributions for another class without recomputing
             trust_view.calibration_markdown(pred),
+            pred,  # kept to redraw the contributions for another class without recomputing
         )
 
     @staticmethod
@@ -609,8 +609,8 @@ def create_predict_tab(services: Services, session: gr.State) -> PredictHandles:
                   [table, desc_box, gen_note], **private)
     inputs = [image, frame, preset, checkpoint, table, session]
     predict_btn.click(ctl.on_predict, inputs,
-                      [label, sources, modality_md, contrib_class, contrib_plot, contrib_table, target, pred_state,
-                       calibration_md],
+                      [label, sources, modality_md, contrib_class, contrib_plot, contrib_table, target,
+                       calibration_md, pred_state],
                       concurrency_id="model", concurrency_limit=4, **private)
     contrib_class.change(ctl.on_contrib_class, [contrib_class, pred_state], [contrib_plot, contrib_table], **private)
     explain_btn.click(ctl.on_explain, [*inputs, method, target, phrase, alpha, faithful],

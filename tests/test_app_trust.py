@@ -50,7 +50,7 @@ def test_calibrated_checkpoint_shows_calibrated_probabilities_and_the_set(ctl, s
     folder = _checkpoint(services, session_dir(state) / "cal", 40)
     add_trained(state, "calibrated", folder)
     out, _ = _predict(ctl, state, folder, ct_path)
-    md, pred = out[-1], out[-2]
+    md, pred = out[-2], out[-1]
     assert "**Calibrated probabilities**" in md and "%" in md
     assert "With 90% coverage on images like the 40 calibration images: {" in md
     assert set(pred.calibrated_probs) == set(CLASSES) and pred.prediction in pred.prediction_set.classes
@@ -59,15 +59,15 @@ def test_calibrated_checkpoint_shows_calibrated_probabilities_and_the_set(ctl, s
 def test_too_few_calibration_images_says_so(ctl, services, state, ct_path):
     folder = _checkpoint(services, session_dir(state) / "few", 6)
     add_trained(state, "few", folder)
-    md = _predict(ctl, state, folder, ct_path)[0][-1]
+    md = _predict(ctl, state, folder, ct_path)[0][-2]
     assert "needs at least 9 calibration images" in md and "calibrated on 6" in md and "{" not in md
 
 
 def test_uncalibrated_says_not_calibrated(ctl, services, state, ct_path):
     folder = _checkpoint(services, session_dir(state) / "plain", None)
     add_trained(state, "plain", folder)
-    assert "**Not calibrated**" in _predict(ctl, state, folder, ct_path)[0][-1]
-    zero = ctl.on_predict(ct_path, 0, "btmri", ZERO_SHOT, ctl.preset_table("btmri"), None)[-1]
+    assert "**Not calibrated**" in _predict(ctl, state, folder, ct_path)[0][-2]
+    zero = ctl.on_predict(ct_path, 0, "btmri", ZERO_SHOT, ctl.preset_table("btmri"), None)[-2]
     assert "**Not calibrated**" in zero and "zero-shot" in zero
 
 
