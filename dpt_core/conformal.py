@@ -14,7 +14,7 @@ raise coverage.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

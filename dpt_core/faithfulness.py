@@ -14,8 +14,8 @@ ranked or deleted.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -108,7 +108,7 @@ def deletion_test(
     ``scores`` [gh * gw]: the map's value per cell; ``masked``: prompt cells, left alone.
     """
     steps = check_steps(steps)
-    hidden = set(int(m) for m in masked)
+    hidden = {int(m) for m in masked}
     cells = np.array([i for i in range(grid[0] * grid[1]) if i not in hidden])
     if len(cells) < steps:
         raise ValueError(f"{len(cells)} image cells cannot be deleted in {steps} steps")

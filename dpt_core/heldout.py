@@ -8,8 +8,8 @@ reference draws its validation set (``validation_records``).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 

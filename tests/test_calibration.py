@@ -4,8 +4,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import SYNTH_CLASSES, synthetic_set
+
 from dpt_core.calibration import (
     COVERAGES,
     Calibration,

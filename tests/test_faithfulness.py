@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import SYNTH_CLASSES, synthetic_image
+
 from dpt_core.faithfulness import (
     DEFAULT_STEPS,
     auc,

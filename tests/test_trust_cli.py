@@ -3,9 +3,8 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import class_image
+
 from dpt_core.cli import main
 
 BTMRI = ["glioma_tumor", "meningioma_tumor", "pituitary_tumor", "normal_brain"]
