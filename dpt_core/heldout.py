@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from .calibration import Calibration, calibrate_features
+from .backbone import Backbone
+from .calibration import Calibration, calibrate, calibrate_features
+from .checkpoint import read_folder, write_checkpoint
 from .data import DataError, ImageRecord, LabelledImages, few_shot
 from .evaluate import Evaluation, evaluate_features
 from .features import encode_images
@@ -75,3 +78,20 @@ def check_heldout_features(model: BiomedDPT, zero_shot: BiomedDPT, features: tor
 def validation_records(val_records: Sequence[ImageRecord], shots: int, seed: int) -> list[ImageRecord]:
     """A sweep's calibration images: min(K, 4) per class of the validation split, drawn per seed."""
     return few_shot(val_records, min(shots, VALIDATION_SHOTS_CAP) if shots > 0 else VALIDATION_SHOTS_CAP, seed)
+
+
+def calibrate_checkpoint(folder: str | Path, backbone: Backbone, images: LabelledImages,
+                         source: str = "validation images") -> Calibration:
+    """Calibrate a saved checkpoint on labelled ``images`` and store the block in its config.json.
+
+    For runs whose held-out images are separate from training (a sweep's validation
+    split, ``validation_records``); the images must use the checkpoint's class order.
+    """
+    ckpt = read_folder(folder)
+    if list(images.class_names) != ckpt.class_names:
+        raise ValueError(f"the images' classes {images.class_names} are not the checkpoint's {ckpt.class_names}")
+    model = ckpt.build_model(backbone).eval()
+    result = calibrate(model, images, source)
+    ckpt.config["calibration"] = result.to_config()
+    write_checkpoint(ckpt, folder)
+    return result

@@ -121,3 +121,27 @@ def test_validation_records_draw_at_most_four_per_class():
     for shots, per_class in ((1, 1), (2, 2), (16, 4)):
         got = validation_records(recs, shots, seed=1)
         assert [sum(r.label == c for r in got) for c in range(3)] == [per_class] * 3
+
+
+def test_calibrate_checkpoint_stores_the_block(tiny, tmp_path):
+    from conftest import SYNTH_CLASSES, synthetic_set
+
+    from dpt_core.checkpoint import make_config, read_folder, save_checkpoint
+    from dpt_core.heldout import calibrate_checkpoint
+    from dpt_core.model import BiomedDPT
+
+    model = BiomedDPT(tiny, SYNTH_CLASSES, "a photo of a {}.", 4)
+    folder = save_checkpoint(tmp_path / "run", model, make_config(model))
+    cal = calibrate_checkpoint(folder, tiny, synthetic_set(3, seed=5), source="validation split, 3 per class")
+    stored = read_folder(folder).calibration
+    assert stored == cal and stored.n_calibration == 9 and stored.source == "validation split, 3 per class"
+    with pytest.raises(ValueError, match="not the checkpoint's"):
+        data = synthetic_set(1, seed=6)
+        data.class_names = list(reversed(SYNTH_CLASSES))
+        calibrate_checkpoint(folder, tiny, data)
+
+
+def test_model_card_reports_the_calibration(calibrated):
+    card = (calibrated / "README.md").read_text()
+    assert "## Calibration" in card and "fitted on 8 held-out images" in card
+    assert "Conformal prediction sets available at: 80%." in card
