@@ -309,7 +309,7 @@ def _trust_metrics(model, feats, labels, ckpt, class_names, coverage) -> dict:
 
     with torch.no_grad():
         logits = model(image_features=feats).logits
-    return evaluation_metrics(logits, labels, calibration_for(ckpt, class_names)[0], coverage)
+    return evaluation_metrics(logits, labels, calibration_for(ckpt, class_names, model.backbone.spec)[0], coverage)
 
 
 def cmd_import_dassl(args) -> int:

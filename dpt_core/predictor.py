@@ -127,7 +127,7 @@ class Predictor:
                 raise ValueError("without a checkpoint, a template and n_ctx are needed")
             self.model = BiomedDPT(backbone, self.class_names, template, n_ctx, visual)
         self.model.eval()
-        self.calibration, self.calibration_note = calibration_for(checkpoint, self.class_names)
+        self.calibration, self.calibration_note = calibration_for(checkpoint, self.class_names, backbone.spec)
         self.bank = build_prompt_bank(backbone, self.class_names, templates or [self.model.prompt_learner.template],
                                       descriptions)
         with torch.no_grad():
@@ -234,10 +234,12 @@ class Predictor:
         return results
 
 
-def calibration_for(checkpoint: PromptCheckpoint | None, class_names: Sequence[str]) -> tuple[Calibration | None, str]:
+def calibration_for(checkpoint: PromptCheckpoint | None, class_names: Sequence[str],
+                    backbone_spec: str | None = None) -> tuple[Calibration | None, str]:
     """(the checkpoint's calibration, or None with the reason in words).
 
-    A calibration holds only for the classes it was fitted on: edited classes make it void.
+    A calibration holds only for the classes and the backbone it was fitted with:
+    edited classes, or another backbone than the one the checkpoint records, make it void.
     """
     if checkpoint is None:
         return None, "not calibrated (the zero-shot prompt has no held-out images)"
@@ -246,6 +248,9 @@ def calibration_for(checkpoint: PromptCheckpoint | None, class_names: Sequence[s
         return None, "not calibrated (this checkpoint was saved without held-out images)"
     if not same_classes(class_names, checkpoint.class_names):
         return None, "not calibrated for these classes (the calibration holds for the checkpoint's own class list)"
+    recorded = checkpoint.config.get("backbone")
+    if backbone_spec and recorded and backbone_spec != recorded:
+        return None, "not calibrated for this backbone (the calibration was fitted with another one)"
     return calibration, ""
 
 

@@ -89,6 +89,9 @@ def test_edited_classes_are_not_calibrated(capsys, folder, calibrated, tiny_dir,
     code, out, _ = run(capsys, "predict", folder / "normal_brain" / "1.png", "--backbone", tiny_dir,
                        "--checkpoint", calibrated, "--classes-file", tmp_path / "c.txt")
     assert code == 0 and "not calibrated for these classes" in out
+    code, out, _ = run(capsys, "predict", folder / "normal_brain" / "1.png", "--backbone", "tiny",
+                       "--checkpoint", calibrated)
+    assert code == 0 and "not calibrated for this backbone" in out  # same width, another backbone
 
 
 def test_evaluate_json_adds_ece_and_set_metrics(capsys, folder, calibrated, tiny_dir):
