@@ -25,6 +25,7 @@ import gradio as gr
 import pandas as pd
 from PIL import Image
 
+from dpt_core.calibration import COVERAGES, DEFAULT_COVERAGE
 from dpt_core.descriptions import DescriptionsError, class_key, same_classes, validate_descriptions
 from dpt_core.explain import Explanation, overlay
 from dpt_core.imageio import LoadedImage, load_image
@@ -351,10 +352,11 @@ class PredictController:
 
     @user_errors("predict")
     def on_predict(self, path: FileValue, frame: Any, preset: str | None, checkpoint: str | None,
-                   table: Any, state: dict | None) -> tuple:
+                   table: Any, state: dict | None, coverage: Any = DEFAULT_COVERAGE) -> tuple:
+        coverage = trust_view.checked_coverage(coverage)
         req = self.resolve(path, frame, preset, checkpoint, table, state)
         outcome, header = self.run_predict(req)
-        pred, check = outcome.prediction, outcome.modality
+        pred, check = outcome.prediction.with_coverage(coverage), outcome.modality
         for note in (header, check.message if check.mismatch else None):
             if note:
                 gr.Warning(fmt.escape(note))
@@ -372,6 +374,14 @@ class PredictController:
             trust_view.calibration_markdown(pred),
             pred,  # kept to redraw the contributions for another class without recomputing
         )
+
+    @staticmethod
+    @user_errors("show the prediction set")
+    def on_coverage(coverage: Any, pred: Prediction | None) -> Any:
+        """Another coverage: the set redrawn from the last prediction (no recomputation)."""
+        if pred is None:
+            return gr.update()
+        return trust_view.calibration_markdown(pred.with_coverage(trust_view.checked_coverage(coverage)))
 
     @staticmethod
     def on_contrib_class(class_name: str | None, pred: Prediction | None) -> tuple:
@@ -421,6 +431,7 @@ class PredictController:
         classes: str | None = None,
         descriptions: str | None = None,
         frame: float | None = None,
+        coverage: float | None = DEFAULT_COVERAGE,
     ) -> tuple[dict[str, float], dict[str, Any]]:
         """Classify one scan (PNG, JPEG, TIFF or DICOM) with a modality preset.
 
@@ -432,14 +443,17 @@ class PredictController:
             classes: "" for the preset's classes, else a JSON list or one name per line (or comma-separated).
             descriptions: "" for the shipped bank, else a JSON object {class: [sentences]}.
             frame: frame of a multi-frame file (0-based); empty or negative for the middle one.
+            coverage: of the prediction set of a calibrated checkpoint: 0.8, 0.9 (default) or 0.95.
         Returns:
             The label with confidences, and the details: probabilities per prompt source, top prompt
             contributions, modality check, image info.
         """
+        coverage = trust_view.checked_coverage(DEFAULT_COVERAGE if coverage is None else coverage)
         req = self._api_request(image, preset, checkpoint, classes, descriptions, frame)
         outcome, header = self.run_predict(req)
-        details = fmt.prediction_details(outcome.prediction, outcome.modality, req.loaded, req.checkpoint, header)
-        return fmt.label_value(outcome.prediction), details
+        pred = outcome.prediction.with_coverage(coverage)
+        details = fmt.prediction_details(pred, outcome.modality, req.loaded, req.checkpoint, header)
+        return fmt.label_value(pred), details
 
     @user_errors("compute the attention map")
     def api_explain(
@@ -557,7 +571,10 @@ def create_predict_tab(services: Services, session: gr.State) -> PredictHandles:
         label = gr.Label(label="Prediction (learned prompt)", num_top_classes=10, elem_id="prediction-label")
         sources = gr.Dataframe(headers=fmt.SOURCE_HEADERS, label="Probability by prompt source", interactive=False,
                                wrap=True)
-    calibration_md = gr.Markdown(elem_id="calibration")
+    with gr.Row(equal_height=False):
+        calibration_md = gr.Markdown(elem_id="calibration")
+        coverage = gr.Radio([(f"{c:.0%}", c) for c in COVERAGES], value=DEFAULT_COVERAGE, scale=0, min_width=260,
+                            label="Prediction-set coverage (calibrated checkpoints)", elem_id="coverage")
     modality_md = gr.Markdown(elem_id="modality-check")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
@@ -608,10 +625,11 @@ def create_predict_tab(services: Services, session: gr.State) -> PredictHandles:
     gen_btn.click(ctl.on_generate, [preset, table, gen_class, gen_backend, gen_n, gen_token, gen_model],
                   [table, desc_box, gen_note], **private)
     inputs = [image, frame, preset, checkpoint, table, session]
-    predict_btn.click(ctl.on_predict, inputs,
+    predict_btn.click(ctl.on_predict, [*inputs, coverage],
                       [label, sources, modality_md, contrib_class, contrib_plot, contrib_table, target,
                        calibration_md, pred_state],
                       concurrency_id="model", concurrency_limit=4, **private)
+    coverage.change(ctl.on_coverage, [coverage, pred_state], [calibration_md], show_progress="hidden", **private)
     contrib_class.change(ctl.on_contrib_class, [contrib_class, pred_state], [contrib_plot, contrib_table], **private)
     explain_btn.click(ctl.on_explain, [*inputs, method, target, phrase, alpha, faithful],
                       [overlay_img, caption, expl_state],
@@ -631,6 +649,7 @@ def _api_endpoints(ctl: PredictController) -> None:
         classes = gr.Textbox(label="classes", value=None)
         descriptions = gr.Textbox(label="descriptions", value=None)
         frame = gr.Number(label="frame", value=None, precision=0)
+        coverage = gr.Number(label="coverage", value=DEFAULT_COVERAGE)
         target = gr.Textbox(label="target", value=None)
         method = gr.Textbox(label="method", value="gradcam")
         alpha = gr.Number(label="alpha", value=DEFAULT_ALPHA)
@@ -641,7 +660,8 @@ def _api_endpoints(ctl: PredictController) -> None:
         info = gr.JSON(label="explanation")
         predict_btn = gr.Button("api predict")
         explain_btn = gr.Button("api explain")
-    predict_btn.click(ctl.api_predict, [image, preset, checkpoint, classes, descriptions, frame], [label, details],
+    predict_btn.click(ctl.api_predict, [image, preset, checkpoint, classes, descriptions, frame, coverage],
+                      [label, details],
                       api_name="predict", concurrency_id="model")
     explain_btn.click(ctl.api_explain, [image, preset, target, method, alpha, checkpoint, classes, descriptions, frame,
                                         faithfulness],

@@ -7,11 +7,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from dpt_core.calibration import Calibration
+from dpt_core.calibration import COVERAGES, Calibration
 from dpt_core.explain import Explanation
 from dpt_core.predictor import Prediction
 
 from .formatting import escape
+
+
+def checked_coverage(value: Any) -> float:
+    """A coverage from any client: one of the offered fractions (0.8, 0.9, 0.95), else a clear error."""
+    try:
+        coverage = float(value)
+    except (TypeError, ValueError):
+        coverage = float("nan")
+    for c in COVERAGES:
+        if abs(coverage - c) < 1e-9:
+            return c
+    offered = ", ".join(f"{c:g}" for c in COVERAGES)
+    raise ValueError(f"coverage must be one of {offered}, not {str(value)[:40]!r}")
 
 
 def calibration_markdown(prediction: Prediction) -> str:

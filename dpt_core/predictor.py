@@ -14,7 +14,7 @@ prompt sources only explain it:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
 import torch
@@ -60,10 +60,22 @@ class Prediction:
     calibrated_probs: dict[str, float] | None = None  # None: the checkpoint is not calibrated for these classes
     prediction_set: PredictionSet | None = None  # conformal set (or why none); None when not calibrated
     calibration_note: str = ""  # why there are no calibrated probabilities ("" when there are)
+    calibration: Calibration | None = field(default=None, repr=False)  # to draw the set at another coverage
 
     @property
     def prediction(self) -> str:
         return max(self.probs, key=self.probs.get)
+
+    def set_at(self, coverage: float) -> PredictionSet | None:
+        """The conformal set at another of the calibration's coverages (None when not calibrated)."""
+        if self.calibration is None or self.calibrated_probs is None:
+            return None
+        probs = torch.tensor([self.calibrated_probs[n] for n in self.class_names])
+        return self.calibration.prediction_set(probs, self.class_names, coverage)
+
+    def with_coverage(self, coverage: float) -> Prediction:
+        """The same prediction with its set drawn at ``coverage``."""
+        return replace(self, prediction_set=self.set_at(coverage)) if self.calibration is not None else self
 
     def top_prompts(self, class_name: str | None = None, k: int = 10, source: str | None = None) -> list[PromptContribution]:
         """Prompts of ``class_name`` (default: the predicted class), largest contribution first."""
@@ -230,6 +242,7 @@ class Predictor:
             if calibrated is not None:
                 pred.calibrated_probs = {n: float(p) for n, p in zip(names, calibrated[b])}
                 pred.prediction_set = self.calibration.prediction_set(calibrated[b], names, coverage)
+                pred.calibration = self.calibration
             results.append(pred)
         return results
 

@@ -1,6 +1,7 @@
 """The Predict tab's trust surface: calibrated probabilities or "not calibrated", the set, faithfulness."""
 from pathlib import Path
 
+import gradio as gr
 import pytest
 import torch
 
@@ -54,6 +55,24 @@ def test_calibrated_checkpoint_shows_calibrated_probabilities_and_the_set(ctl, s
     assert "**Calibrated probabilities**" in md and "%" in md
     assert "With 90% coverage on images like the 40 calibration images: {" in md
     assert set(pred.calibrated_probs) == set(CLASSES) and pred.prediction in pred.prediction_set.classes
+
+
+def test_coverage_is_picked_and_redrawn_without_recomputing(ctl, services, state, ct_path, monkeypatch):
+    folder = _checkpoint(services, session_dir(state) / "cov", 40)
+    add_trained(state, "cov", folder)
+    table, _ = ctl.on_checkpoint(str(folder), "btmri", ctl.preset_table("btmri"), state)
+    out = ctl.on_predict(ct_path, 0, "custom", str(folder), table, state, 0.95)
+    md, pred = out[-2], out[-1]
+    assert "With 95% coverage on images like the 40 calibration images" in md and pred.prediction_set.coverage == 0.95
+    assert "With 80% coverage" in ctl.on_coverage(0.8, pred)
+    assert pred.set_at(0.8).classes == pred.calibration.prediction_set(
+        torch.tensor([pred.calibrated_probs[c] for c in CLASSES]), CLASSES, 0.8).classes
+    assert len(pred.set_at(0.8).classes) <= len(pred.set_at(0.95).classes)  # more coverage, never a smaller set
+    with pytest.raises(gr.Error, match="(?i)coverage must be one of 0.8, 0.9, 0.95"):
+        ctl.on_coverage(0.5, pred)
+    monkeypatch.setenv("DPT_ALLOW_LOCAL_CHECKPOINTS", "1")  # the API takes a local folder only on a private server
+    _, details = ctl.api_predict(ct_path, "custom", str(folder), "\n".join(CLASSES), coverage=0.8)
+    assert details["prediction_set"]["coverage"] == 0.8 and details["prediction_set"]["n_calibration"] == 40
 
 
 def test_too_few_calibration_images_says_so(ctl, services, state, ct_path):

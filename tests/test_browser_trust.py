@@ -29,6 +29,7 @@ def test_calibration_note_and_faithfulness_line(chromium, served):
         page.click("#predict-btn")
         expect(page.locator("#prediction-label")).to_contain_text("%")
         expect(page.locator("#calibration")).to_contain_text("Not calibrated")  # the zero-shot prompt
+        expect(page.locator("#coverage")).to_contain_text("90%")  # the coverage picker, default 90 %
 
         page.click("#explain-btn")
         expect(page.locator("#overlay-caption")).to_contain_text("not lesion localisation")
