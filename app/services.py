@@ -10,6 +10,7 @@ through ``app.device`` (a GPU call on ZeroGPU), which finds this object again by
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -31,6 +32,7 @@ from dpt_core.describe import (
 from dpt_core.errors import InputError
 from dpt_core.explain import Explanation
 from dpt_core.explanation import METHODS, check_target, explain_image
+from dpt_core.faithfulness import explanation_faithfulness
 from dpt_core.fewshot import FewShotResult, TrainSettings
 from dpt_core.genpolicy import check_generation_model, visitor_generator
 from dpt_core.hub import hub_token_for
@@ -286,16 +288,28 @@ class Services:
         method: str = "gradcam",
         target_class: str | None = None,
         phrase: str | None = None,
+        faithfulness: bool = False,
     ) -> Explanation:
-        """Grad-CAM towards a class's learned prompt (default: the predicted class) or a typed phrase; or rollout."""
+        """Grad-CAM towards a class's learned prompt (default: the predicted class) or a typed phrase; or rollout.
+
+        ``faithfulness``: also run the deletion test of the map (``Explanation.faithfulness``).
+        """
         check_target(method, list(setup.class_names), target_class)  # before any GPU call
         checkpoint_id, ckpt = self._checkpoint(setup, checkpoint_id)
         phrase = " ".join((phrase or "").split())
-        return self.calls.explain(self.ref, setup, checkpoint_id, ckpt, image, method, target_class, phrase).unwrap()
+        return self.calls.explain(self.ref, setup, checkpoint_id, ckpt, image, method, target_class, phrase,
+                                  bool(faithfulness)).unwrap()
 
     def explain_here(self, setup: ClassSetup, checkpoint_id: str | None, checkpoint: PromptCheckpoint | None,
-                     image: Image.Image, method: str, target_class: str | None, phrase: str) -> Explanation:
-        return explain_image(self.predictor(setup, checkpoint_id, checkpoint), image, method, target_class, phrase)
+                     image: Image.Image, method: str, target_class: str | None, phrase: str,
+                     faithfulness: bool = False) -> Explanation:
+        predictor = self.predictor(setup, checkpoint_id, checkpoint)
+        expl = explain_image(predictor, image, method, target_class, phrase)
+        if faithfulness:
+            phrase_feature = encode_cached(self.backbone, [phrase])[0] if phrase and method != "rollout" else None
+            expl = dataclasses.replace(expl, faithfulness=explanation_faithfulness(
+                predictor.model, image, expl, predictor.text_features, predictor.class_names, phrase_feature))
+        return expl
 
     # ------------------------------------------------------------------ descriptions
     def generate_descriptions(

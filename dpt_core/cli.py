@@ -119,12 +119,16 @@ def cmd_predict(args) -> int:
             image = load_image(path).image
         except ImageLoadError as exc:
             raise CLIError(f"{path}: {exc}") from exc
-        pred = predictor.predict([image])[0]
+        pred = predictor.predict([image], coverage=args.coverage)[0]
         results.append({"image": path, **pred.to_json(top_k=args.top)})
         if not args.json:
             print(f"{path}: {pred.prediction} ({pred.probs[pred.prediction]:.3f})")
             for name, p in sorted(pred.probs.items(), key=lambda kv: -kv[1]):
                 print(f"  {p:6.3f}  {name}")
+            print("  calibrated: " + (", ".join(f"{n} {p:.3f}" for n, p in pred.calibrated_probs.items())
+                                      if pred.calibrated_probs else predictor.calibration_note))
+            if pred.prediction_set is not None:
+                print("  " + pred.prediction_set.describe())
     if args.json:
         _print_json({"backbone": backbone.spec, "checkpoint": args.checkpoint, "classes": setup.class_names,
                      "results": results})
@@ -185,7 +189,7 @@ def cmd_train(args) -> int:
                                         f"from {Path(args.data).name}.)",
                        protocol=protocol, training_extra={"shots": args.shots, "data": Path(args.data).name})
     if args.json:
-        _print_json({"checkpoint": str(out), "holdout": None})
+        _print_json({"checkpoint": str(out), "holdout": None, "metrics": metrics, "calibration": None})
     else:
         print(str(out))
     return 0
@@ -272,15 +276,30 @@ def cmd_evaluate(args) -> int:
         bank = build_prompt_bank(backbone, setup.class_names, setup.templates, setup.descriptions)
         teacher_text = build_teacher(bank, mode).features()
     ev = evaluate_features(model, feats, data.labels, teacher_text, weights)
+    trust = _trust_metrics(model, feats, data.labels, ckpt, setup.class_names, args.coverage)
     if args.json:
         _print_json({"accuracy": ev.accuracy, "per_class": ev.per_class, "confusion_matrix": ev.confusion_matrix,
-                     "loss": ev.loss})
+                     "loss": ev.loss, **trust})
     else:
         print(f"accuracy {ev.accuracy:.4f} on {ev.n} images")
         for name, acc in ev.per_class.items():
             print(f"  {'-' if acc is None else f'{acc:.4f}'}  {name}")
         print("loss " + ", ".join(f"{k} {v:.4f}" for k, v in ev.loss.items()))
+        print("calibration " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                         for k, v in trust.items()))
     return 0
+
+
+def _trust_metrics(model, feats, labels, ckpt, class_names, coverage) -> dict:
+    """ECE of the shown probabilities; set coverage and mean set size for a calibrated checkpoint."""
+    import torch
+
+    from .calibration import evaluation_metrics
+    from .predictor import calibration_for
+
+    with torch.no_grad():
+        logits = model(image_features=feats).logits
+    return evaluation_metrics(logits, labels, calibration_for(ckpt, class_names, model.backbone.spec)[0], coverage)
 
 
 def cmd_import_dassl(args) -> int:
@@ -335,6 +354,13 @@ def cmd_rank_banks(args) -> int:
 
 # ------------------------------------------------------------------------------------- parser
 
+def _coverage_flag(sp) -> None:
+    from .calibration import COVERAGES, DEFAULT_COVERAGE
+
+    sp.add_argument("--coverage", type=float, choices=COVERAGES, default=DEFAULT_COVERAGE,
+                    help="coverage of the conformal prediction sets of a calibrated checkpoint")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dpt_core", description="Biomed-DPT prompt tuning for BiomedCLIP")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress of the library")
@@ -352,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--classes-file", help="one class name per line")
     sp.add_argument("--checkpoint", help="folder, hf-hub:ORG/REPO[/SUB][@REV] or .pth.tar")
     sp.add_argument("--top", type=int, default=10, help="prompts listed under contributions")
+    _coverage_flag(sp)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_predict)
 
@@ -374,12 +401,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--l1", type=float, help="override lambda_L1")
     sp.add_argument("--kl", type=float, help="override lambda_KL")
     sp.add_argument("--visual-layout", choices=["reference", "insert"], default="reference")
-    sp.add_argument("--holdout", type=float, default=None, metavar="F",
-                    help="the app's few-shot run: hold out a share F of each class (e.g. 0.25) and compare "
-                         "the adapted prompt with the zero-shot one on it")
-    sp.add_argument("--json", action="store_true", help="with --holdout: print the checkpoint and the check as JSON")
     sp.add_argument("--data-description", help="what the training images are (source, licence, population); "
                                                "goes into the model card")
+    sp.add_argument("--holdout", type=float, default=None, metavar="F",
+                    help="the app's few-shot run: hold out a share F of each class (e.g. 0.25), compare the adapted "
+                         "prompt with the zero-shot one on it and store the calibration fitted on it")
+    sp.add_argument("--json", action="store_true",
+                    help="print {checkpoint, holdout, metrics, calibration} as JSON")
     sp.set_defaults(func=cmd_train)
 
     sp = sub.add_parser("evaluate", help="accuracy, confusion matrix and loss parts")
@@ -392,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--teacher", choices=["mean", "ranked"])
     sp.add_argument("--l1", type=float)
     sp.add_argument("--kl", type=float)
+    _coverage_flag(sp)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_evaluate)
 

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from .backbone import Backbone
+from .calibration import Calibration, calibrate_features
 from .data import LabelledImages
 from .errors import FewShotError, TrainingStopped
 from .evaluate import Evaluation
@@ -113,6 +114,7 @@ class TrainSettings:
     layout: str = "reference"
     seed: int = 1
     holdout: float = HELDOUT_FRACTION  # share of each class held out for the check (0: none)
+    holdout_min: int = HELDOUT_MIN_PER_CLASS  # images every class needs for a check (the CLI asks for 2)
 
     @classmethod
     def from_setup(cls, setup: ClassSetup, gpu: bool = False, **overrides) -> TrainSettings:
@@ -206,18 +208,19 @@ class FewShotResult:
     no_check_reason: str  # why there is no held-out check ("" when there is one)
     timings: dict[str, float]
     random_weights: bool
+    calibration: Calibration | None = None  # fitted on the held-out images; None without a held-out check
 
     @property
     def epochs_completed(self) -> int:
         return len(self.history)
 
 
-def plan_holdout(labels: torch.Tensor, seed: int = 0,
-                 fraction: float = HELDOUT_FRACTION) -> tuple[list[int], list[int]] | None:
-    """(train idx, held-out idx) when every class has >= HELDOUT_MIN_PER_CLASS images, else None."""
+def plan_holdout(labels: torch.Tensor, seed: int = 0, fraction: float = HELDOUT_FRACTION,
+                 min_per_class: int = HELDOUT_MIN_PER_CLASS) -> tuple[list[int], list[int]] | None:
+    """(train idx, held-out idx) when every class has >= ``min_per_class`` images, else None."""
     if fraction <= 0:
         return None
-    return holdout_split(labels, fraction, HELDOUT_MIN_PER_CLASS, seed)
+    return holdout_split(labels, fraction, min_per_class, seed)
 
 
 def no_check_reason(labels: torch.Tensor, class_names: Sequence[str], fraction: float = HELDOUT_FRACTION) -> str:
@@ -275,7 +278,7 @@ def prepare_run(backbone: Backbone, setup: ClassSetup, data: LabelledImages, set
     except InterruptedError:
         raise TrainingStopped("Stopped before training started; nothing was saved.") from None
     timings = {"encode_s": time.perf_counter() - t}
-    split = plan_holdout(data.labels, settings.seed, settings.holdout)
+    split = plan_holdout(data.labels, settings.seed, settings.holdout, settings.holdout_min)
     train_idx, held_idx = split if split else (list(range(len(data))), [])
     report(Status("views", f"Preparing {settings.views} augmented view(s) of {len(train_idx)} training "
                            "images...", elapsed_s=time.time() - started))
@@ -326,24 +329,28 @@ def finish_run(backbone: Backbone, setup: ClassSetup, settings: TrainSettings, p
     fit_result = finish_fit(model, state)
     teacher = prepared.teacher.to(backbone.device)
     timings = dict(prepared.timings)
-    check = None
+    check, calibration = None, None
     if prepared.held_idx:
         report(Status("checking", "Held-out check...", 1.0, elapsed_s=time.time() - prepared.started))
         t = time.perf_counter()
         check = heldout_check(backbone, setup, settings, model, prepared, teacher)
+        held_feats = prepared.features[prepared.held_idx].to(backbone.device)
+        calibration = calibrate_features(model, held_feats, check.labels,
+                                         source=f"{check.n_images} images held out of few-shot training")
         timings["check_s"] = time.perf_counter() - t
     reason = "" if check else no_check_reason(prepared.labels, setup.class_names, settings.holdout)
     report(Status("saving", "Saving the checkpoint...", 1.0, elapsed_s=time.time() - prepared.started))
     outcome = TrainOutcome(model, teacher, fit_result, len(prepared.train_idx))
     folder = save_trained(out_dir, outcome, setup, settings.train_config(),
-                          _metrics(check, reason, fit_result.stopped, len(fit_result.history), settings.holdout),
-                          data_description=data_description.strip())
+                          _metrics(check, reason, fit_result.stopped, len(fit_result.history), settings.holdout,
+                                   calibration),
+                          data_description=data_description.strip(), calibration=calibration)
     return FewShotResult(
         folder=Path(folder), class_names=list(setup.class_names),
         preset=setup.preset.name if setup.preset else None, n_images=len(prepared.labels),
         n_train=len(prepared.train_idx), settings=settings, history=list(fit_result.history),
         stopped=fit_result.stopped, check=check, no_check_reason=reason, timings=timings,
-        random_weights=bool(backbone.random_weights),
+        random_weights=bool(backbone.random_weights), calibration=calibration,
     )
 
 
@@ -398,7 +405,7 @@ def run_fewshot(
 
 
 def _metrics(check: HeldOutCheck | None, reason: str, stopped: bool, epochs_done: int = 1,
-             fraction: float = HELDOUT_FRACTION) -> dict:
+             fraction: float = HELDOUT_FRACTION, calibration: Calibration | None = None) -> dict:
     """What the model card reports, with its caveats spelled out."""
     caveat = ("Few-shot result from a handful of images; not a clinical validation. "
               "Accuracy on so few images changes by a large step with each image.")
@@ -409,7 +416,10 @@ def _metrics(check: HeldOutCheck | None, reason: str, stopped: bool, epochs_done
         caveat += " Training was stopped early; the best completed epoch (lowest mean loss) was kept."
     if check is None:
         return {"heldout_check": reason, "caveat": caveat}
+    ece = {} if calibration is None else {"heldout_ece_before": round(calibration.ece_before, 4),
+                                          "heldout_ece_after": round(calibration.ece_after, 4)}
     return {
+        **ece,
         "heldout_images": check.n_images,
         "heldout_rule": f"{fraction:.0%} of each class (at least one image) held out when every class "
                         f"has >= {HELDOUT_MIN_PER_CLASS} images",

@@ -36,7 +36,8 @@ def test_holdout_json_is_the_tabs_run(capsys, folder, tmp_path, tiny):
     code, out, err = _train(capsys, folder, tmp_path / "cli", "--holdout", "0.25", "--json")
     assert code == 0, err
     obj = json.loads(out)
-    assert set(obj) == {"checkpoint", "holdout"}
+    assert set(obj) == {"checkpoint", "holdout", "metrics", "calibration"}
+    assert obj["calibration"]["n_calibration"] == 4 and obj["metrics"]["heldout_images"] == 4
     held = obj["holdout"]
     assert held["n_images"] == 4  # one of the four images of each class
     for part in ("adapted", "zero_shot"):
@@ -60,15 +61,14 @@ def test_holdout_json_is_the_tabs_run(capsys, folder, tmp_path, tiny):
         held["adapted"]["accuracy"])
 
 
-def test_holdout_without_enough_images_says_why(capsys, tmp_path):
+def test_holdout_without_enough_images_is_an_error(capsys, tmp_path):
     small = tmp_path / "small"
     for c, name in enumerate(BTMRI):
         (small / name).mkdir(parents=True)
-        for i in range(2):
-            Image.fromarray(np.asarray(class_image(c, i))).save(small / name / f"{i}.png")
+        Image.fromarray(np.asarray(class_image(c, 0))).save(small / name / "0.png")
     code, out, err = _train(capsys, small, tmp_path / "ck", "--holdout", "0.25", "--json")
-    assert code == 0 and json.loads(out)["holdout"] is None
-    assert "No held-out check" in err and "at least 4 images" in err
+    assert code == 1 and out == "" and err.splitlines()[-1] == "error: a held-out check needs at least 2 images in every class"
+    assert not (tmp_path / "ck").exists()
 
 
 def test_holdout_errors_are_one_line(capsys, folder, tmp_path):

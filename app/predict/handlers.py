@@ -21,6 +21,7 @@ import gradio as gr
 import pandas as pd
 from PIL import Image
 
+from dpt_core.calibration import DEFAULT_COVERAGE
 from dpt_core.descriptions import class_key, same_classes, validate_descriptions
 from dpt_core.errors import InputError
 from dpt_core.explain import Explanation, overlay
@@ -32,6 +33,7 @@ from dpt_core.registry import entry
 from dpt_core.workflow import ClassSetup
 
 from .. import formatting as fmt
+from .. import trust_view
 from ..choices import (
     ALLOW_LOCAL_ENV,
     DEFAULT_ALPHA,
@@ -147,8 +149,8 @@ class PredictController:
 
     @staticmethod
     def cleared_results() -> tuple:
-        """Label, sources, modality note, plot, contributions table, overlay, caption, states."""
-        return (None, None, "", None, None, None, "", None, None)
+        """Label, sources, modality note, plot, contributions table, overlay, caption, states, calibration."""
+        return (None, None, "", None, None, None, "", None, None, "")
 
     def on_example(self, examples: list[dict[str, Any]], preset: str | None,
                    evt: gr.SelectData) -> tuple[str, str | None]:
@@ -313,10 +315,11 @@ class PredictController:
 
     @user_errors("predict")
     def on_predict(self, path: FileValue, frame: Any, preset: str | None, checkpoint: str | None,
-                   table: Any, state: dict | None) -> tuple:
+                   table: Any, state: dict | None, coverage: Any = DEFAULT_COVERAGE) -> tuple:
+        coverage = trust_view.checked_coverage(coverage)
         req = self.resolve(path, frame, preset, checkpoint, table, state)
         outcome, header = self.run_predict(req)
-        pred, check = outcome.prediction, outcome.modality
+        pred, check = outcome.prediction.with_coverage(coverage), outcome.modality
         for note in (header, check.message if check.mismatch else None):
             if note:
                 gr.Warning(fmt.escape(note))
@@ -331,8 +334,17 @@ class PredictController:
             fmt.contributions_plot_frame(rows),
             fmt.contributions_table_frame(rows),
             gr.update(choices=[("Predicted class", PREDICTED)] + [(c, c) for c in pred.class_names], value=PREDICTED),
+            trust_view.calibration_markdown(pred),
             pred,  # kept to redraw the contributions for another class without recomputing
         )
+
+    @staticmethod
+    @user_errors("show the prediction set")
+    def on_coverage(coverage: Any, pred: Prediction | None) -> Any:
+        """Another coverage: the set redrawn from the last prediction (no recomputation)."""
+        if pred is None:
+            return gr.update()
+        return trust_view.calibration_markdown(pred.with_coverage(trust_view.checked_coverage(coverage)))
 
     @staticmethod
     def on_contrib_class(class_name: str | None, pred: Prediction | None) -> tuple:
@@ -342,17 +354,20 @@ class PredictController:
         return fmt.contributions_plot_frame(rows), fmt.contributions_table_frame(rows)
 
     # -------------------------------------------------------------- attention
-    def run_explain(self, req: PredictRequest, method: str, target: str | None, phrase: str | None) -> Explanation:
+    def run_explain(self, req: PredictRequest, method: str, target: str | None, phrase: str | None,
+                    faithfulness: bool = False) -> Explanation:
         target_class = None if not target or target == PREDICTED else target
-        return self.services.explain(req.setup, req.checkpoint, req.loaded.image, method, target_class, phrase)
+        return self.services.explain(req.setup, req.checkpoint, req.loaded.image, method, target_class, phrase,
+                                     faithfulness=bool(faithfulness))
 
     @user_errors("compute the attention map")
     def on_explain(self, path: FileValue, frame: Any, preset: str | None, checkpoint: str | None,
                    table: Any, state: dict | None, method: str, target: str | None, phrase: str | None,
-                   alpha: float) -> tuple[Image.Image, str, Explanation]:
+                   alpha: float, faithfulness: bool = False) -> tuple[Image.Image, str, Explanation]:
         req = self.resolve(path, frame, preset, checkpoint, table, state)
-        expl = self.run_explain(req, method, target, phrase)
-        return overlay(expl, float(alpha)), fmt.explanation_caption(expl), expl
+        expl = self.run_explain(req, method, target, phrase, faithfulness)
+        caption = "\n\n".join(t for t in (fmt.explanation_caption(expl), trust_view.faithfulness_line(expl)) if t)
+        return overlay(expl, float(alpha)), caption, expl
 
     @staticmethod
     def on_method(method: str | None) -> tuple[dict, dict]:
@@ -394,6 +409,7 @@ class PredictController:
         classes: str | None = None,
         descriptions: str | None = None,
         frame: float | None = None,
+        coverage: float | None = DEFAULT_COVERAGE,
     ) -> tuple[dict[str, float], dict[str, Any]]:
         """Classify one scan (PNG, JPEG, TIFF or DICOM) with a modality preset.
 
@@ -405,14 +421,17 @@ class PredictController:
             classes: "" for the preset's classes, else a JSON list or one name per line (or comma-separated).
             descriptions: "" for the shipped bank, else a JSON object {class: [sentences]}.
             frame: frame of a multi-frame file (0-based); empty or negative for the middle one.
+            coverage: of the prediction set of a calibrated checkpoint: 0.8, 0.9 (default) or 0.95.
         Returns:
             The label with confidences, and the details: probabilities per prompt source, top prompt
             contributions, modality check, image info.
         """
+        coverage = trust_view.checked_coverage(DEFAULT_COVERAGE if coverage is None else coverage)
         req = self._api_request(image, preset, checkpoint, classes, descriptions, frame)
         outcome, header = self.run_predict(req)
-        details = fmt.prediction_details(outcome.prediction, outcome.modality, req.loaded, req.checkpoint, header)
-        return fmt.label_value(outcome.prediction), details
+        pred = outcome.prediction.with_coverage(coverage)
+        details = fmt.prediction_details(pred, outcome.modality, req.loaded, req.checkpoint, header)
+        return fmt.label_value(pred), details
 
     @user_errors("compute the attention map")
     def api_explain(
@@ -426,6 +445,7 @@ class PredictController:
         classes: str | None = None,
         descriptions: str | None = None,
         frame: float | None = None,
+        faithfulness: bool | None = False,
     ) -> tuple[Image.Image, dict[str, Any]]:
         """Attention overlay of one scan (model attention, not lesion localisation).
 
@@ -439,6 +459,9 @@ class PredictController:
             classes: as for /predict.
             descriptions: as for /predict.
             frame: as for /predict.
+            faithfulness: true to add the deletion test of the map (8 extra forwards):
+                {"faithfulness": {"deletion_auc", "random_auc", "steps"}} in the info; lower
+                deletion AUC than random means the map points at what the model uses.
         Returns:
             The overlay image and a description of the map.
         """
@@ -446,5 +469,7 @@ class PredictController:
         target = " ".join((target or "").split())
         by_key = {class_key(c): c for c in req.setup.class_names}
         target_class, phrase = (by_key[class_key(target)], None) if class_key(target) in by_key else (None, target)
-        expl = self.run_explain(req, (method or "gradcam").strip().lower(), target_class, phrase)
-        return overlay(expl, DEFAULT_ALPHA if alpha is None else float(alpha)), fmt.explanation_info(expl)
+        expl = self.run_explain(req, (method or "gradcam").strip().lower(), target_class, phrase, bool(faithfulness))
+        return (overlay(expl, DEFAULT_ALPHA if alpha is None else float(alpha)),
+                {**fmt.explanation_info(expl), **trust_view.faithfulness_info(expl)})
+

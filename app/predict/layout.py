@@ -8,6 +8,8 @@ from typing import Any, Callable
 
 import gradio as gr
 
+from dpt_core.calibration import COVERAGES, DEFAULT_COVERAGE
+
 from .. import formatting as fmt
 from ..choices import (
     DEFAULT_ALPHA,
@@ -131,6 +133,10 @@ def _prediction_section() -> dict[str, Any]:
         label = gr.Label(label="Prediction (learned prompt)", num_top_classes=10, elem_id="prediction-label")
         sources = gr.Dataframe(headers=fmt.SOURCE_HEADERS, label="Probability by prompt source", interactive=False,
                                wrap=True, column_widths=["31%", "23%", "23%", "23%"], elem_id="sources-table")
+    with gr.Row(equal_height=False):
+        calibration_md = gr.Markdown(elem_id="calibration")
+        coverage = gr.Radio([(f"{c:.0%}", c) for c in COVERAGES], value=DEFAULT_COVERAGE, scale=0, min_width=260,
+                            label="Prediction-set coverage (calibrated checkpoints)", elem_id="coverage")
     modality_md = gr.Markdown(elem_id="modality-check")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
@@ -160,6 +166,8 @@ def _attention_section() -> dict[str, Any]:
                                  label="Grad-CAM target class")
             phrase = gr.Textbox(label="…or a phrase (Grad-CAM towards this text instead)", max_lines=1)
             alpha = gr.Slider(0.0, 1.0, value=DEFAULT_ALPHA, step=0.05, label="Overlay opacity")
+            faithful = gr.Checkbox(False, label="Check faithfulness (deletion test, 8 extra forward passes)",
+                                   elem_id="faithfulness")
             explain_btn = gr.Button("Show attention", elem_id="explain-btn")
             explain_msg = gr.Markdown(elem_id="explain-msg")
         with gr.Column(scale=5):
@@ -175,7 +183,8 @@ def _wire(ui: SimpleNamespace, ctl: PredictController, session: gr.State,
     examples_state = gr.State(examples)
     pred_state = gr.State(None)
     expl_state = gr.State(None)
-    results = [ui.label, ui.sources, ui.modality_md, ui.contrib_plot, ui.contrib_table, ui.overlay_img, ui.caption, pred_state, expl_state]
+    results = [ui.label, ui.sources, ui.modality_md, ui.contrib_plot, ui.contrib_table, ui.overlay_img, ui.caption, pred_state, expl_state,
+               ui.calibration_md]
     private = {"api_visibility": "private"}
 
     # Every UI event goes through app.errors.shown_beside: a failure is a note beside its control
@@ -213,12 +222,14 @@ def _wire(ui: SimpleNamespace, ctl: PredictController, session: gr.State,
     on(ui.gen_btn.click, ctl.on_generate, [ui.preset, ui.table, ui.gen_class, ui.gen_backend, ui.gen_n, ui.gen_token, ui.gen_model],
        [ui.desc_box, ui.gen_note], ui.gen_msg, "generate descriptions")
     inputs = [ui.image, ui.frame, ui.preset, ui.checkpoint, ui.table, session]
-    on(ui.predict_btn.click, ctl.on_predict, inputs,
-       [ui.label, ui.sources, ui.modality_md, ui.contrib_class, ui.contrib_plot, ui.contrib_table, ui.target, pred_state], ui.predict_msg,
-       "predict", concurrency_id="model", concurrency_limit=4)
+    on(ui.predict_btn.click, ctl.on_predict, [*inputs, ui.coverage],
+       [ui.label, ui.sources, ui.modality_md, ui.contrib_class, ui.contrib_plot, ui.contrib_table, ui.target,
+        ui.calibration_md, pred_state], ui.predict_msg, "predict", concurrency_id="model", concurrency_limit=4)
+    ui.coverage.change(ctl.on_coverage, [ui.coverage, pred_state], [ui.calibration_md], show_progress="hidden",
+                       **private)
     ui.contrib_class.change(ctl.on_contrib_class, [ui.contrib_class, pred_state], [ui.contrib_plot, ui.contrib_table], **private)
-    on(ui.explain_btn.click, ctl.on_explain, [*inputs, ui.method, ui.target, ui.phrase, ui.alpha], [ui.overlay_img, ui.caption, expl_state],
-       ui.explain_msg, "compute the attention map", concurrency_id="model")
+    on(ui.explain_btn.click, ctl.on_explain, [*inputs, ui.method, ui.target, ui.phrase, ui.alpha, ui.faithful],
+       [ui.overlay_img, ui.caption, expl_state], ui.explain_msg, "compute the attention map", concurrency_id="model")
     ui.alpha.release(ctl.on_alpha, [ui.alpha, expl_state], [ui.overlay_img], **private)
     # Rollout has no target: its controls grey out. A map already shown is redrawn with the new method.
     ui.method.input(ctl.on_method, [ui.method], [ui.target, ui.phrase], show_progress="hidden", **private)
@@ -237,16 +248,20 @@ def _api_endpoints(ctl: PredictController) -> None:
         classes = gr.Textbox(label="classes", value=None)
         descriptions = gr.Textbox(label="descriptions", value=None)
         frame = gr.Number(label="frame", value=None, precision=0)
+        coverage = gr.Number(label="coverage", value=DEFAULT_COVERAGE)
         target = gr.Textbox(label="target", value=None)
         method = gr.Textbox(label="method", value="gradcam")
         alpha = gr.Number(label="alpha", value=DEFAULT_ALPHA)
+        faithfulness = gr.Checkbox(label="faithfulness", value=False)
         label = gr.Label(label="prediction")
         details = gr.JSON(label="details")
         overlay_img = gr.Image(label="overlay", type="pil", format="png")
         info = gr.JSON(label="explanation")
         predict_btn = gr.Button("api predict")
         explain_btn = gr.Button("api explain")
-    predict_btn.click(ctl.api_predict, [image, preset, checkpoint, classes, descriptions, frame], [label, details],
+    predict_btn.click(ctl.api_predict, [image, preset, checkpoint, classes, descriptions, frame, coverage],
+                      [label, details],
                       api_name="predict", concurrency_id="model")
-    explain_btn.click(ctl.api_explain, [image, preset, target, method, alpha, checkpoint, classes, descriptions, frame],
+    explain_btn.click(ctl.api_explain, [image, preset, target, method, alpha, checkpoint, classes, descriptions, frame,
+                                        faithfulness],
                       [overlay_img, info], api_name="explain", concurrency_id="model")
