@@ -109,7 +109,7 @@ def test_train_then_predict_in_the_browser(page, tmp_path):
     expect(summary).to_contain_text("Held-out check", timeout=TIMEOUT_MS)
     expect(summary).to_contain_text("adapted prompt")
     expect(page.locator("#fewshot-download")).to_be_visible()
-    expect(page.locator("#fewshot-loss .role-legend")).to_contain_text("total")
+    expect(page.locator("#fewshot-loss .role-legend")).to_contain_text("total", timeout=TIMEOUT_MS)
     assert page.locator("#fewshot-loss .mark-line path").count() == 4  # total, ce, l1, kl drawn
     page.screenshot(path=str(tmp_path / "fewshot_result.png"), full_page=True)
     with page.expect_download() as download:
