@@ -30,16 +30,16 @@ CUSTOM = "custom"
 _FREE = {"seed", "loss_weights"}
 
 
-def paper_config(protocol: str = "few_shot", seed: int = 1, loss_weights: LossWeights = LossWeights()) -> TrainConfig:
+def paper_config(protocol: str = "few_shot", seed: int = 1, loss_weights: LossWeights | None = None) -> TrainConfig:
     """The paper's recipe step for step: exact mode, SGD 0.0025, batch 4, 100 (few-shot) or 50 epochs."""
     if protocol not in PAPER_EPOCHS:
         raise ValueError(f"protocol must be one of {tuple(PAPER_EPOCHS)}, not {protocol!r}")
     return TrainConfig(epochs=PAPER_EPOCHS[protocol], batch_size=4, lr=0.0025, momentum=0.9, weight_decay=5e-4,
                        warmup_epochs=1, warmup_lr=1e-5, mode="exact", views=1, center_view=False,
-                       text_dropout=True, seed=seed, loss_weights=loss_weights)
+                       text_dropout=True, seed=seed, loss_weights=loss_weights or LossWeights())
 
 
-def cpu_fewshot_config(seed: int = 1, loss_weights: LossWeights = LossWeights()) -> TrainConfig:
+def cpu_fewshot_config(seed: int = 1, loss_weights: LossWeights | None = None) -> TrainConfig:
     """The few-shot default on a CPU (chosen with bench/bench_fewshot.py).
 
     Fast mode with a batch of 32: a small upload (the tab's 4 classes x 8 images leave
@@ -49,17 +49,17 @@ def cpu_fewshot_config(seed: int = 1, loss_weights: LossWeights = LossWeights())
     held-out check anyway) and one augmented view is cached besides.
     """
     return TrainConfig(epochs=60, batch_size=32, lr=0.0025, mode="fast", views=2, center_view=True, seed=seed,
-                       loss_weights=loss_weights)
+                       loss_weights=loss_weights or LossWeights())
 
 
-def gpu_fewshot_config(seed: int = 1, loss_weights: LossWeights = LossWeights()) -> TrainConfig:
+def gpu_fewshot_config(seed: int = 1, loss_weights: LossWeights | None = None) -> TrainConfig:
     """The few-shot default with CUDA: the paper's 100 epochs and batch 4, in fast mode with 8 cached views."""
     return TrainConfig(epochs=100, batch_size=4, lr=0.0025, mode="fast", views=8, center_view=True, seed=seed,
-                       loss_weights=loss_weights)
+                       loss_weights=loss_weights or LossWeights())
 
 
 def fewshot_config(device: torch.device | str | None = None, seed: int = 1,
-                   loss_weights: LossWeights = LossWeights()) -> TrainConfig:
+                   loss_weights: LossWeights | None = None) -> TrainConfig:
     """The few-shot default for a device: ``gpu_fewshot_config`` on CUDA, else ``cpu_fewshot_config``."""
     cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
     return (gpu_fewshot_config if cuda else cpu_fewshot_config)(seed, loss_weights)
