@@ -60,9 +60,18 @@ def _layer(layer: nn.Module, h: torch.Tensor, queries: torch.Tensor, keys: torch
     def split(x: torch.Tensor) -> torch.Tensor:  # [N, T, W] -> [N, heads, T, W / heads]
         return x.view(n, x.shape[1], heads, -1).transpose(1, 2)
 
-    attn = F.scaled_dot_product_attention(
-        split(sa.query(queries)), split(sa.key(h)), split(sa.value(h)), attn_mask=keys,
-        dropout_p=sa.dropout.p if sa.training else 0.0, scale=sa.scaling)
+    q, k, v = split(sa.query(queries)), split(sa.key(h)), split(sa.value(h))
+    p = sa.dropout.p if sa.training else 0.0
+    if queries.shape[1] == h.shape[1]:
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=keys, dropout_p=p, scale=sa.scaling)
+    else:
+        # One query row: written out, because scaled_dot_product_attention's kernel for a single
+        # query splits its work by thread count, and a training must give the same bits on one
+        # thread (a ZeroGPU worker) as on two (tests/test_zerogpu.py).
+        scores = (q @ k.transpose(-1, -2)) * sa.scaling
+        if keys is not None:
+            scores = scores.masked_fill(~keys, float("-inf"))
+        attn = F.dropout(scores.softmax(dim=-1), p, training=p > 0) @ v
     attn = attn.transpose(1, 2).reshape(n, queries.shape[1], -1)
     attn = layer.attention.output(attn, queries)  # dense, dropout, LayerNorm(x + queries)
     return layer.output(layer.intermediate(attn), attn)  # feed-forward, dropout, LayerNorm(x + attn)
