@@ -81,7 +81,7 @@ class Recipe:
     config: object | None  # TrainConfig; None: the zero-shot prompt
 
 
-CANDIDATES = "30:2:0.0025,60:2:0.0025,90:2:0.0025,60:4:0.0025,30:2:0.01,60:2:0.01,60:2:0.02"
+CANDIDATES = "60:2:0.0025,90:2:0.0025,120:1:0.0025,90:1:0.01,100:8:0.0025:4"
 
 
 def recipes(candidates: str = CANDIDATES, only: list[str] | None = None) -> list[Recipe]:
