@@ -31,6 +31,7 @@ from app.session import (
 from dpt_core import modality
 from dpt_core.backbone import BackboneError
 from dpt_core.checkpoint import make_config, save_checkpoint
+from dpt_core.descriptions import load_bank
 from dpt_core.model import BiomedDPT
 from dpt_core.registry import entries_for
 
@@ -330,7 +331,8 @@ def test_class_add_remove_rename(ctl, ct_path, btmri_table):
 def test_reset_and_preset_change(ctl, btmri_table):
     table, gen_class, text = ctl.on_reset("btmri")
     pd.testing.assert_frame_equal(table, btmri_table)
-    assert gen_class["value"] == "glioma tumor" and text.count("\n") == 29  # 30 sentences, one per line
+    n_sentences = len(load_bank("btmri")["glioma tumor"])  # the shipped bank, one sentence per line
+    assert gen_class["value"] == "glioma tumor" and text.count("\n") == n_sentences - 1 and n_sentences >= 25
     new_table, ckpt, info, gen, text = ctl.on_preset("busi", None, btmri_table, ZERO_SHOT)
     assert gen["value"] == "benign tumor" and text.splitlines()[0] in new_table.iloc[0, 1]
     assert list(new_table[fmt.CLASS_COL]) == ["benign tumor", "malignant tumor", "normal scan"]
@@ -353,17 +355,24 @@ def test_one_class_text_editor(ctl, btmri_table):
     assert picker["value"] == "glioma tumor" and picker["choices"] == ["glioma tumor", "meningioma tumor"]
 
 
-def test_generate_descriptions_with_the_shipped_bank(ctl, btmri_table):
-    table, text, note = ctl.on_generate("btmri", btmri_table, "glioma tumor", "retrieval", 5, None, None)
+def test_generated_descriptions_are_a_proposal_until_applied(ctl, btmri_table):
+    text, note = ctl.on_generate("btmri", btmri_table, "glioma tumor", "retrieval", 5, None, None)
+    assert len(text.splitlines()) == 5 and "not generated" in note and "Proposal" in note
+    assert "Apply to the table" in note  # the note names the button that accepts it
+    # accepting is the one-class editor's apply: only then the table changes, for that class only
+    table = ctl.on_apply(btmri_table, "glioma tumor", text)
     cell = table.loc[table[fmt.CLASS_COL] == "glioma tumor", fmt.DESC_COL].item()
-    assert len(fmt.split_descriptions(cell)) == 5 and "not generated" in note
-    assert text.splitlines() == fmt.split_descriptions(cell)
-    assert table.iloc[1, 1] == btmri_table.iloc[1, 1]  # other classes untouched
-    # a class the bank lacks: the nearest one, and the note says so
+    assert fmt.split_descriptions(cell) == text.splitlines()
+    assert table.iloc[1, 1] == btmri_table.iloc[1, 1]
+    # a class the bank lacks: the nearest one of the same modality, and the note says so
     table2 = btmri_table.copy()
     table2.loc[9] = ["pituitary adenoma", ""]
-    table2, _, note2 = ctl.on_generate("btmri", table2, "pituitary adenoma", "retrieval", 3, None, None)
-    assert "nearest class" in note2
+    _, note2 = ctl.on_generate("btmri", table2, "pituitary adenoma", "retrieval", 3, None, None)
+    assert "nearest class: pituitary tumor" in note2
+    # nothing similar in the MRI bank: a clear message, never another modality's class
+    table2.loc[9] = ["basal cell carcinoma", ""]
+    assert "no similar class in the shipped banks" in error_of(
+        ctl.on_generate, "btmri", table2, "basal cell carcinoma", "retrieval", 3, None, None)
     assert "choose the class" in error_of(ctl.on_generate, "btmri", btmri_table, None, "retrieval", 3, None, None)
 
 
