@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Sequence
 
 from .descriptions import same_classes
+from .integrity import finite_json
+from .outpath import check_out_path, empty_classes, error_line
 
 log = logging.getLogger("dpt_core")
 
@@ -95,7 +97,7 @@ def _load_data(args, class_names, split: str):
 
 
 def _print_json(obj) -> None:
-    json.dump(obj, sys.stdout, indent=2, ensure_ascii=False)
+    json.dump(finite_json(obj), sys.stdout, indent=2, ensure_ascii=False, allow_nan=False)  # JSON has no NaN
     sys.stdout.write("\n")
 
 
@@ -137,9 +139,12 @@ def cmd_train(args) -> int:
     from .workflow import save_trained, train_prompts
 
     protocol = args.protocol.replace("-", "_")
+    check_out_path(args.out, args.overwrite)  # before training: a result must never be lost at the end
     setup = _setup(args, None, protocol)
     backbone = _backbone(args)
     class_names, records = _load_data(args, setup.class_names, "train")
+    if empty := empty_classes(class_names, [r.label for r in records]):
+        raise CLIError(f"no images for class(es): {', '.join(empty)} (empty or missing class folders)")
     if not same_classes(class_names, setup.class_names):
         print(f"warning: training on the data's classes {class_names}, not the preset's", file=sys.stderr)
     base_ids, novel_ids = base_novel_split(len(class_names)) if protocol == "base2novel" else (list(range(len(class_names))), [])
@@ -168,7 +173,7 @@ def cmd_train(args) -> int:
         metrics = _test_metrics(outcome, full_setup, class_names, test, base_ids, novel_ids, weights, backbone)
         if protocol == "base2novel":
             metrics["harmonic_mean"] = harmonic_mean(metrics["base_accuracy"], metrics["novel_accuracy"])
-        print("test: " + json.dumps(metrics), file=sys.stderr)
+        print("test: " + json.dumps(finite_json(metrics), allow_nan=False), file=sys.stderr)
     description = args.data_description or "Not described by the person who trained it."
     out = save_trained(args.out, outcome, setup, config, metrics,
                        data_description=f"{description} ({len(data)} training images, {args.shots} shots per class, "
@@ -273,6 +278,9 @@ def cmd_evaluate(args) -> int:
 def cmd_import_dassl(args) -> int:
     from .checkpoint import import_dassl, write_checkpoint
 
+    check_out_path(args.out, args.overwrite)
+    if not Path(args.file).is_file():
+        raise CLIError(f"{args.file}: no such file (import-dassl reads one .pth.tar file)")
     ckpt = import_dassl(args.file, args.preset, args.method, args.backbone)
     print(str(write_checkpoint(ckpt, args.out)))
     return 0
@@ -347,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--shots", type=int, required=True)
     sp.add_argument("--epochs", type=int, required=True)
     sp.add_argument("--seed", type=int, default=1)
-    sp.add_argument("--out", required=True)
+    sp.add_argument("--out", required=True, help="a new or empty folder for the checkpoint")
+    sp.add_argument("--overwrite", action="store_true", help="replace a previous checkpoint in --out")
     sp.add_argument("--teacher", choices=["mean", "ranked"], default="mean")
     sp.add_argument("--protocol", choices=["few-shot", "base2novel"], default="few-shot")
     sp.add_argument("--exact", action="store_true", help="paper recipe step by step (fresh augmentation each step)")
@@ -379,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--preset", required=True)
     sp.add_argument("--method", choices=["biomeddpt", "biomedcoop"], default="biomeddpt")
     sp.add_argument("--backbone")
-    sp.add_argument("--out", required=True)
+    sp.add_argument("--out", required=True, help="a new or empty folder for the checkpoint")
+    sp.add_argument("--overwrite", action="store_true", help="replace a previous checkpoint in --out")
     sp.set_defaults(func=cmd_import_dassl)
 
     sp = sub.add_parser("push", help="upload a checkpoint folder with its model card")
@@ -421,5 +431,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (CLIError, BackboneError, CheckpointError, DataError, DescriptionsError, HubError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {error_line(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the CLI contract: one line, never a traceback
+        log.debug("unexpected error", exc_info=True)  # the trace, for a bug report, at debug level only
+        print(f"error: {error_line(exc)} ({type(exc).__name__})", file=sys.stderr)
         return 1
