@@ -62,7 +62,8 @@ def test_fit_runs_that_many_steps_of_those_batches(tiny, monkeypatch, mode, per_
 
     sizes = []
     real = train_mod.dpt_loss
-    monkeypatch.setattr(train_mod, "dpt_loss", lambda logits, *a, **k: sizes.append(len(logits)) or real(logits, *a, **k))
+    monkeypatch.setattr(train_mod, "dpt_loss",
+                        lambda logits, *a, **k: sizes.append(len(logits)) or real(logits, *a, **k))
     model = BiomedDPT(tiny, SYNTH_CLASSES, "a photo of a {}.", 4)
     teacher = build_teacher(build_prompt_bank(tiny, SYNTH_CLASSES, ["a photo of a {}."], {}), "mean")
     infos = []
@@ -95,3 +96,17 @@ def test_the_default_follows_the_device():
     assert recipe_of(fewshot_config("cuda")) == GPU_FEWSHOT
     assert fewshot_config("cpu", seed=4).seed == 4
     assert fewshot_config("cpu").mode == "fast" and fewshot_config("cuda").epochs == 100
+
+
+def test_a_checkpoint_says_which_recipe_made_it(tiny, tmp_path):
+    from dpt_core.checkpoint import read_folder
+    from dpt_core.workflow import save_trained, setup_classes, train_prompts
+
+    setup = setup_classes(class_names=SYNTH_CLASSES)
+    data = synthetic_set(2, 0)
+    for config, name in ((cpu_fewshot_config(seed=5), CPU_FEWSHOT), (replace(paper_config(), epochs=2), CUSTOM)):
+        outcome = train_prompts(tiny, setup, data, config)
+        folder = save_trained(tmp_path / name, outcome, setup, config)
+        training = read_folder(folder).config["training"]
+        assert training["recipe"] == name and training["epochs"] == config.epochs
+        assert training["batch_size"] == config.batch_size and training["mode"] == config.mode
