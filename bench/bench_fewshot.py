@@ -16,8 +16,8 @@ centre-crop test features.
 Timing: the full-size random-weight model of BiomedCLIP's shape (written once to
 bench/.cache). (1) The Few-shot tab's job end to end (4 classes x 8 images: encoding,
 held-out split, views, training, held-out check, saving), the CPU default against the
-previous default, in alternating order over the rounds. (3) One text-tower step, full BERT
-against the [CLS]-only last layer, timed alternately. (2) Fast vs exact for the paper's 100 epochs (batch 4,
+previous default, in alternating order over the rounds. (2) One text-tower step, full BERT
+against the [CLS]-only last layer, timed alternately. (3) Fast vs exact for the paper's 100 epochs (batch 4,
 8 steps an epoch): one fast epoch and one exact epoch timed alternately, plus the
 fast mode's one-off view cache; 100 epochs extrapolated from them. Ratios within one run
 are the numbers to compare on a shared machine.
