@@ -610,8 +610,8 @@ def prepare_run(backbone: Backbone, setup: ClassSetup, data: LabelledImages, set
     timings = {"encode_s": time.perf_counter() - t}
     split = plan_holdout(data.labels, settings.seed)
     train_idx, held_idx = split if split else (list(range(len(data))), [])
-    channel.report(Status("views", f"Preparing {settings.views} augmented view(s) of {len(train_idx)} training "
-                                   "images...", elapsed_s=time.time() - started))
+    channel.report(Status("views", f"Preparing the centre crop and {settings.views - 1} augmented view(s) of "
+                                   f"{len(train_idx)} training images...", elapsed_s=time.time() - started))
     train = data.subset(train_idx)
     _, teacher, state = prepare_training(backbone, setup, train, settings.train_config(), settings.teacher,
                                          settings.visual(), channel.stop_requested, feats[train_idx])
