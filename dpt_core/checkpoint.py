@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .backbone import Backbone
+from .calibration import Calibration, CalibrationError
 from .hub import HF_PREFIX, download_file, parse_hub_id
 from .integrity import config_problem, finite_json, tensor_problem
 from .model import BiomedDPT
@@ -73,6 +74,12 @@ class PromptCheckpoint:
     @property
     def teacher_mode(self) -> str:
         return self.config["teacher"]["mode"]
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """The stored temperature and conformal thresholds; None when not calibrated."""
+        block = self.config.get("calibration")
+        return None if block is None else Calibration.from_config(block)
 
     @property
     def visual(self) -> VisualPromptConfig:
@@ -199,6 +206,11 @@ def validate(ckpt: PromptCheckpoint) -> None:
         VisualPromptConfig(int(vp["count"]), vp["layout"], bool(vp["learnable"]))
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"bad visual_prompts settings: {exc}") from exc
+    if cfg.get("calibration") is not None:  # absent or null: not calibrated
+        try:
+            Calibration.from_config(cfg["calibration"])
+        except CalibrationError as exc:
+            raise CheckpointError(str(exc)) from exc
 
 
 def check_backbone(ckpt: PromptCheckpoint, backbone: Backbone) -> None:

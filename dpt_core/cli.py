@@ -118,12 +118,16 @@ def cmd_predict(args) -> int:
             image = load_image(path).image
         except ImageLoadError as exc:
             raise CLIError(f"{path}: {exc}") from exc
-        pred = predictor.predict([image])[0]
+        pred = predictor.predict([image], coverage=args.coverage)[0]
         results.append({"image": path, **pred.to_json(top_k=args.top)})
         if not args.json:
             print(f"{path}: {pred.prediction} ({pred.probs[pred.prediction]:.3f})")
             for name, p in sorted(pred.probs.items(), key=lambda kv: -kv[1]):
                 print(f"  {p:6.3f}  {name}")
+            print("  calibrated: " + (", ".join(f"{n} {p:.3f}" for n, p in pred.calibrated_probs.items())
+                                      if pred.calibrated_probs else predictor.calibration_note))
+            if pred.prediction_set is not None:
+                print("  " + pred.prediction_set.describe())
     if args.json:
         _print_json({"backbone": backbone.spec, "checkpoint": args.checkpoint, "classes": setup.class_names,
                      "results": results})
@@ -158,6 +162,11 @@ def cmd_train(args) -> int:
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                          mode="exact" if args.exact else "fast", views=args.views, loss_weights=weights)
     data = LabelledImages.from_records(train_records, setup.class_names)
+    held = None
+    if args.holdout is not None:  # held out before training: never trained on
+        from .heldout import split_heldout
+
+        data, held = split_heldout(data, args.holdout, args.seed)
     print(f"training on {len(data)} images of {len(setup.class_names)} classes ({config.mode} mode)", file=sys.stderr)
 
     def on_step(info):
@@ -174,13 +183,31 @@ def cmd_train(args) -> int:
         if protocol == "base2novel":
             metrics["harmonic_mean"] = harmonic_mean(metrics["base_accuracy"], metrics["novel_accuracy"])
         print("test: " + json.dumps(finite_json(metrics), allow_nan=False), file=sys.stderr)
+    check = _holdout_check(outcome, backbone, setup, held, weights, visual) if held is not None else None
+    metrics.update(check.metrics() if check else {})
     description = args.data_description or "Not described by the person who trained it."
     out = save_trained(args.out, outcome, setup, config, metrics,
                        data_description=f"{description} ({len(data)} training images, {args.shots} shots per class, "
                                         f"from {Path(args.data).name}.)",
-                       protocol=protocol, training_extra={"shots": args.shots, "data": Path(args.data).name})
-    print(str(out))
+                       protocol=protocol, training_extra={"shots": args.shots, "data": Path(args.data).name},
+                       calibration=check.calibration if check else None)
+    if args.json:
+        _print_json({"checkpoint": str(out), "metrics": metrics,
+                     "calibration": check.calibration.to_config() if check else None})
+    else:
+        print(str(out))
     return 0
+
+
+def _holdout_check(outcome, backbone, setup, held, weights, visual):
+    from .heldout import check_heldout
+    from .workflow import zero_shot_model
+
+    check = check_heldout(outcome.model, zero_shot_model(backbone, setup, visual), held, outcome.teacher, weights,
+                          source=f"{len(held)} images held out of training")
+    print(f"held-out: accuracy {check.adapted.accuracy:.4f} (zero-shot {check.zero_shot.accuracy:.4f}), "
+          f"ECE {check.calibration.ece_before:.4f} -> {check.calibration.ece_after:.4f}", file=sys.stderr)
+    return check
 
 
 def _subset_setup(setup, class_names, ids):
@@ -264,15 +291,30 @@ def cmd_evaluate(args) -> int:
         bank = build_prompt_bank(backbone, setup.class_names, setup.templates, setup.descriptions)
         teacher_text = build_teacher(bank, mode).features()
     ev = evaluate_features(model, feats, data.labels, teacher_text, weights)
+    trust = _trust_metrics(model, feats, data.labels, ckpt, setup.class_names, args.coverage)
     if args.json:
         _print_json({"accuracy": ev.accuracy, "per_class": ev.per_class, "confusion_matrix": ev.confusion_matrix,
-                     "loss": ev.loss})
+                     "loss": ev.loss, **trust})
     else:
         print(f"accuracy {ev.accuracy:.4f} on {ev.n} images")
         for name, acc in ev.per_class.items():
             print(f"  {'-' if acc is None else f'{acc:.4f}'}  {name}")
         print("loss " + ", ".join(f"{k} {v:.4f}" for k, v in ev.loss.items()))
+        print("calibration " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                         for k, v in trust.items()))
     return 0
+
+
+def _trust_metrics(model, feats, labels, ckpt, class_names, coverage) -> dict:
+    """ECE of the shown probabilities; set coverage and mean set size for a calibrated checkpoint."""
+    import torch
+
+    from .calibration import evaluation_metrics
+    from .predictor import calibration_for
+
+    with torch.no_grad():
+        logits = model(image_features=feats).logits
+    return evaluation_metrics(logits, labels, calibration_for(ckpt, class_names, model.backbone.spec)[0], coverage)
 
 
 def cmd_import_dassl(args) -> int:
@@ -327,6 +369,13 @@ def cmd_rank_banks(args) -> int:
 
 # ------------------------------------------------------------------------------------- parser
 
+def _coverage_flag(sp) -> None:
+    from .calibration import COVERAGES, DEFAULT_COVERAGE
+
+    sp.add_argument("--coverage", type=float, choices=COVERAGES, default=DEFAULT_COVERAGE,
+                    help="coverage of the conformal prediction sets of a calibrated checkpoint")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dpt_core", description="Biomed-DPT prompt tuning for BiomedCLIP")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress of the library")
@@ -344,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--classes-file", help="one class name per line")
     sp.add_argument("--checkpoint", help="folder, hf-hub:ORG/REPO[/SUB][@REV] or .pth.tar")
     sp.add_argument("--top", type=int, default=10, help="prompts listed under contributions")
+    _coverage_flag(sp)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_predict)
 
@@ -368,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--visual-layout", choices=["reference", "insert"], default="reference")
     sp.add_argument("--data-description", help="what the training images are (source, licence, population); "
                                                "goes into the model card")
+    sp.add_argument("--holdout", type=float, metavar="F",
+                    help="hold out fraction F of each class: held-out check and calibration stored in the checkpoint")
+    sp.add_argument("--json", action="store_true", help="print {checkpoint, metrics, calibration} as JSON")
     sp.set_defaults(func=cmd_train)
 
     sp = sub.add_parser("evaluate", help="accuracy, confusion matrix and loss parts")
@@ -380,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--teacher", choices=["mean", "ranked"])
     sp.add_argument("--l1", type=float)
     sp.add_argument("--kl", type=float)
+    _coverage_flag(sp)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_evaluate)
 

@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from .backbone import Backbone
+from .calibration import Calibration
 from .checkpoint import PromptCheckpoint, make_config, save_checkpoint
 from .data import LabelledImages
 from .descriptions import descriptions_hash, resolve_descriptions
@@ -158,8 +159,12 @@ def save_trained(
     data_description: str = "",
     protocol: str = "few_shot",
     training_extra: dict | None = None,
+    calibration: Calibration | None = None,
 ) -> Path:
-    """Write the trained prompts as a checkpoint folder (config records data, settings, metrics)."""
+    """Write the trained prompts as a checkpoint folder (config records data, settings, metrics).
+
+    ``calibration``: fitted on held-out images, stored as the config's ``"calibration"`` block.
+    """
     record, tensors = teacher_record(outcome.teacher)
     cfg = make_config(
         outcome.model,
@@ -173,7 +178,8 @@ def save_trained(
                   **(training_extra or {})},
         metrics=metrics or {},
         data_description=data_description,
-        extra={"descriptions_hash": descriptions_hash(setup.descriptions), "templates": list(setup.templates)},
+        extra={"descriptions_hash": descriptions_hash(setup.descriptions), "templates": list(setup.templates),
+               **({"calibration": calibration.to_config()} if calibration is not None else {})},
     )
     return save_checkpoint(out_dir, outcome.model, cfg, tensors)
 
