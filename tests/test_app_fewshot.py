@@ -447,7 +447,8 @@ def test_two_sessions_train_and_predict_apart(services, tmp_path):
         results, statuses = {}, {"a": [], "b": []}
 
         def run(key, st, files):
-            st, pending, _ = _prepare(services, st, files, key=key, epochs=60)  # long enough to overlap
+            # long enough to overlap: 180 steps (the default batch holds all 12 training images: one step an epoch)
+            st, pending, _ = _prepare(services, st, files, key=key, epochs=180)
             merged, seen = _run(services, st, pending, key=key)
             statuses[key] = [str(o.get("status", "")) for o in seen]
             results[key] = (st, merged["last"])
