@@ -18,6 +18,7 @@ from PIL import Image
 
 from dpt_core.data import LabelledImages
 from dpt_core.errors import FewShotError
+from dpt_core.fewshot import CPU_CONFIG, GPU_CONFIG
 from dpt_core.imageio import ImageLoadError, load_image
 from dpt_core.limits import BudgetError, check_upload_pixels
 from dpt_core.predictor import check_class_names
@@ -26,10 +27,12 @@ log = logging.getLogger(__name__)
 
 MAX_SHORT_SIDE = 800  # uploads for training are reduced to this (see ``bounded``)
 DEFAULT_SETTINGS_NOTE = (
-    "Defaults: fast mode (image features of a few augmented views cached once), batch 4 and learning "
-    "rate 0.0025 as in the paper, but fewer epochs than its 100: on a CPU 15 epochs x 2 views (4 classes "
-    "x 8 images take about a minute with the full-size model on 2 cores, half of it encoding the images), "
-    "on a GPU 50 epochs x 4 views (seconds). More epochs or views cost time, not memory."
+    f"Defaults: fast mode (image features of a few views cached once). On a CPU {CPU_CONFIG.epochs} epochs x "
+    f"{CPU_CONFIG.views} view (the centre crop) with batch {CPU_CONFIG.batch_size}: a small upload goes whole into "
+    "each step, which costs the same as a step of 4 images (4 classes x 8 images take about a minute with the "
+    f"full-size model on 2 cores). On a GPU the paper's {GPU_CONFIG.epochs} epochs and batch "
+    f"{GPU_CONFIG.batch_size}, with {GPU_CONFIG.views} views. Learning rate {CPU_CONFIG.lr} as in the paper. "
+    "More epochs or views cost time, not memory."
 )
 _READ_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError, RuntimeError)
 _JUNK_NAMES = {"thumbs.db", "desktop.ini"}

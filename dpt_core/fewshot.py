@@ -16,9 +16,10 @@ Rules, and why:
   image per class taken from three or fewer, which removes a third of the training data to
   measure almost nothing; then everything is trained on and no accuracy is reported, because
   accuracy on training images is not a test.
-- Training: fast mode (image features of ``views`` augmented crops cached once, so a step runs
-  only the text tower), the paper's batch 4 and learning rate, fewer epochs than the paper's 100
-  so that 4 classes x 8 images take about a minute on a small CPU with the full-size model.
+- Training: the device's default from ``dpt_core.recipes.fewshot_config``: fast mode (image
+  features of ``views`` crops cached once, so a step runs only the text tower); on a CPU few
+  large steps (the whole small upload per step) so that 4 classes x 8 images take about a
+  minute with the full-size model; on a GPU the paper's 100 epochs and batch 4.
 - Image features are computed once with eval preprocessing for all images; the training part
   feeds the ranked teacher and the first training view, the held-out part serves both prompts'
   check, so no image is encoded twice.
@@ -43,6 +44,7 @@ from .evaluate import Evaluation
 from .features import encode_images
 from .integrity import SEED_MAX
 from .losses import LossWeights
+from .recipes import fewshot_config
 from .teacher import TEACHER_MODES, Teacher
 from .train import FitState, StepInfo, TrainConfig, finish_fit, fit_epochs
 from .visual import LAYOUTS, VisualPromptConfig
@@ -60,18 +62,14 @@ log = logging.getLogger(__name__)
 
 HELDOUT_MIN_PER_CLASS = 4  # every class needs this many images for a held-out check
 HELDOUT_FRACTION = 0.25  # share of each class held out (at least one image)
-DEFAULT_BATCH = 4  # the paper's batch size
-DEFAULT_LR = 0.0025  # the paper's learning rate
-# (epochs, views) by device. CPU: "about a minute" for 4 classes x 8 images with the full-size
-# model. Measured on a 2-core CPU with random-weight ViT-B/16 and BERT-base towers (same shapes
-# as BiomedCLIP; best of several runs on a shared machine): 0.36 s per image forward, 0.39 s per
-# training step (4 prompts of ~14 word-pieces, forward + backward). With 6 training + 2 held-out
-# images per class: 32 eval features (~12 s, reused as the first view) + 1 augmented view x 24
-# training images (~9 s) + 15 epochs x 6 steps (~35 s) = ~56 s, plus ~8 s the first time a
-# preset's ~150 teacher sentences are encoded (bench/bench_app.py measures it).
-# GPU: the paper's recipe costs seconds there, so keep more of it.
-CPU_DEFAULTS = (15, 2)
-GPU_DEFAULTS = (50, 4)
+# Defaults by device come from dpt_core.recipes (chosen with bench/bench_fewshot.py). CPU: fast
+# mode, a batch that holds a small upload whole (a fast step runs the text tower once over the class
+# prompts whatever the batch size), the centre crop only; GPU: the paper's 100 epochs and batch 4.
+CPU_CONFIG, GPU_CONFIG = fewshot_config("cpu"), fewshot_config("cuda")
+CPU_DEFAULTS = (CPU_CONFIG.epochs, CPU_CONFIG.views)
+GPU_DEFAULTS = (GPU_CONFIG.epochs, GPU_CONFIG.views)
+DEFAULT_BATCH = CPU_CONFIG.batch_size
+DEFAULT_LR = CPU_CONFIG.lr  # the paper's learning rate
 DEFAULT_EPOCHS, DEFAULT_VIEWS = CPU_DEFAULTS
 
 
@@ -118,8 +116,9 @@ class TrainSettings:
 
     @classmethod
     def from_setup(cls, setup: ClassSetup, gpu: bool = False, **overrides) -> TrainSettings:
-        epochs, views = GPU_DEFAULTS if gpu else CPU_DEFAULTS
-        base = cls(epochs=epochs, views=views, l1=setup.loss_weights.l1, kl=setup.loss_weights.kl)
+        d = GPU_CONFIG if gpu else CPU_CONFIG
+        base = cls(epochs=d.epochs, views=d.views, lr=d.lr, batch_size=d.batch_size, l1=setup.loss_weights.l1,
+                   kl=setup.loss_weights.kl)
         return replace(base, **overrides)
 
     def checked(self) -> TrainSettings:
@@ -162,6 +161,11 @@ class TrainSettings:
 
     def visual(self) -> VisualPromptConfig:
         return VisualPromptConfig(layout=self.layout)
+
+
+def default_batch(gpu: bool = False) -> int:
+    """The batch size of the device's default (the tab has no field for it)."""
+    return (GPU_CONFIG if gpu else CPU_CONFIG).batch_size
 
 
 # --------------------------------------------------------------------------- results
@@ -280,8 +284,8 @@ def prepare_run(backbone: Backbone, setup: ClassSetup, data: LabelledImages, set
     timings = {"encode_s": time.perf_counter() - t}
     split = plan_holdout(data.labels, settings.seed, settings.holdout, settings.holdout_min)
     train_idx, held_idx = split if split else (list(range(len(data))), [])
-    report(Status("views", f"Preparing {settings.views} augmented view(s) of {len(train_idx)} training "
-                           "images...", elapsed_s=time.time() - started))
+    report(Status("views", f"Preparing the centre crop and {settings.views - 1} augmented view(s) of "
+                           f"{len(train_idx)} training images...", elapsed_s=time.time() - started))
     train = data.subset(train_idx)
     _, teacher, state = prepare_training(backbone, setup, train, settings.train_config(), settings.teacher,
                                          settings.visual(), should_stop, feats[train_idx])

@@ -24,9 +24,10 @@ from typing import Any
 
 import gradio as gr
 
+from dpt_core.backbone import default_device
 from dpt_core.data import LabelledImages
 from dpt_core.errors import FewShotError, TrainingStopped
-from dpt_core.fewshot import DEFAULT_BATCH, FewShotResult, TrainSettings
+from dpt_core.fewshot import FewShotResult, TrainSettings, default_batch
 from dpt_core.presets import load_preset
 from dpt_core.workflow import ClassSetup
 
@@ -155,7 +156,8 @@ def prepare(state: dict | None, services: Services, preset: str, classes_text: s
         check_consent(consent)
         names = parse_class_names(classes_text)
         setup = services.setup(preset, names, None)
-        settings = TrainSettings(epochs, views, lr, DEFAULT_BATCH, l1, kl, teacher, layout, seed).checked()
+        settings = TrainSettings(epochs, views, lr, default_batch(_uses_gpu(services)), l1, kl, teacher, layout,
+                                 seed).checked()
         data = load_class_images(names, files)
     except (FewShotError, ValueError) as err:
         raise _error(str(err), "Cannot train yet") from None
@@ -285,3 +287,10 @@ def push(last: dict | None, repo: str, token: str, private: bool, oauth_token: g
     except FewShotError as err:
         raise _error(str(err), "Push failed") from None
     return f"Pushed to [{url}]({url}) ({'private' if private else 'public'})."
+
+
+def _uses_gpu(services: Services) -> bool:
+    """Whether training will run on CUDA, without loading the backbone (build time must stay cheap)."""
+    if services.loaded:
+        return services.backbone.device.type == "cuda"
+    return str(services.device or default_device()).startswith("cuda")

@@ -14,7 +14,6 @@ from typing import Any
 
 import gradio as gr
 
-from dpt_core.backbone import default_device
 from dpt_core.fewshot import HELDOUT_MIN_PER_CLASS, TrainSettings
 from dpt_core.presets import load_preset
 from dpt_core.teacher import TEACHER_MODES
@@ -31,6 +30,7 @@ from .handlers import (
     PENDING_TTL_S,
     PRIVATE,
     TRAIN_GROUP,
+    _uses_gpu,
     on_classes,
     on_description,
     on_files,
@@ -94,13 +94,6 @@ class _Ui:
 
 
 # =========================================================================== layout
-
-def _uses_gpu(services: Services) -> bool:
-    """Whether training will run on CUDA, without loading the backbone (build time must stay cheap)."""
-    if services.loaded:
-        return services.backbone.device.type == "cuda"
-    return str(services.device or default_device()).startswith("cuda")
-
 
 def _session_key(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or "local"
