@@ -1,5 +1,10 @@
-"""The training job: a few-shot run on a thread, its progress and Stop through a ``Channel``, one at a time.
+"""The one job runner: few-shot trainings on a process-wide single-worker executor.
 
+One worker thread means one training at a time per process; the others wait in the
+executor's queue, each with a ``Job`` that says it is queued and can be stopped there.
+A job's progress and its Stop travel through the session's ``Channel``
+(``app.job_channel``): a ``FileChannel`` when steps run in another process (ZeroGPU).
+Prediction never goes through this runner, so other users keep predicting meanwhile.
 The run itself is ``dpt_core.fewshot`` (which ``python -m dpt_core train --holdout`` runs too).
 """
 from __future__ import annotations
@@ -8,6 +13,7 @@ import contextvars
 import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -22,9 +28,10 @@ from .job_channel import Channel, MemoryChannel, Status
 
 log = logging.getLogger(__name__)
 
-# --------------------------------------------------------------------------- the training run (dpt_core.fewshot)
-
-Reporter = Callable[[Status], None]
+T = TypeVar("T")
+STARTING = "Starting..."
+QUEUED = "Waiting for another training to finish (one at a time)..."
+MAX_WAITING = 16  # jobs queued behind the running one; more is refused rather than held in memory
 
 
 def run_fewshot(
@@ -43,137 +50,133 @@ def run_fewshot(
                                channel.stop_requested, slice_s)
 
 
-# --------------------------------------------------------------------------- jobs: thread, stop, one at a time
+class Job(Generic[T]):
+    """One submitted ``work(channel)``: queued, then running, then done (``result`` or ``error``).
 
-T = TypeVar("T")
-
-
-class TrainingJob(Generic[T]):
-    """Runs ``work(channel)`` on a thread; the UI polls ``status`` and may ``stop()``.
-
-    Stopping is cooperative: the channel's stop flag is polled by ``fit`` before every
-    step (and between feature batches), so the work ends at a step boundary with the
-    best state so far; no thread or process is ever killed. With a ``lock``, the job
-    first waits for it (one training per process) and reports that it is waiting.
-    ``channel``: a ``FileChannel`` when steps may run in another process (ZeroGPU).
+    Stopping is cooperative: a queued job is cancelled before it starts; a running one
+    sees the channel's stop flag (polled by ``fit`` before every step) and ends at a step
+    boundary with the best state so far. No thread or process is ever killed.
     """
 
-    def __init__(self, work: Callable[[Channel], T], lock: threading.Lock | None = None,
-                 channel: Channel | None = None):
-        self._work, self._lock = work, lock
-        self.channel: Channel = channel if channel is not None else MemoryChannel()
-        self._done = threading.Event()
-        self.channel.report(Status("waiting", "Starting..."))
+    def __init__(self, work: Callable[[Channel], T], channel: Channel):
+        self._work = work
+        self.channel = channel
         self.result: T | None = None
         self.error: BaseException | None = None
-        # The thread runs in a copy of the caller's context: per-request context (e.g. what
-        # ZeroGPU's decorator reads to account GPU time) follows the work onto the thread.
-        context = contextvars.copy_context()
-        self._thread = threading.Thread(target=context.run, args=(self._run,), name="fewshot-train", daemon=True)
+        self._started = threading.Event()
+        self._done = threading.Event()
+        self._future: Future | None = None
 
-    def start(self) -> TrainingJob[T]:
-        self._thread.start()
-        return self
+    @property
+    def state(self) -> str:
+        """``queued``, ``running`` or ``done``."""
+        return "done" if self._done.is_set() else "running" if self._started.is_set() else "queued"
 
-    def stop(self) -> None:
-        self.channel.request_stop()
+    @property
+    def status(self) -> Status:
+        return self.channel.status() or Status("waiting", STARTING)
 
     @property
     def stop_requested(self) -> bool:
         return self.channel.stop_requested()
 
-    @property
-    def status(self) -> Status:
-        return self.channel.status() or Status("waiting", "Starting...")
+    def stop(self) -> None:
+        self.channel.request_stop()
+        if self._future is not None and self._future.cancel():  # still queued: it never starts
+            self._finish(error=TrainingStopped("Stopped while waiting; nothing was trained."))
 
     def wait(self, timeout: float | None = None) -> bool:
         """True once the job has finished (result or error set)."""
         return self._done.wait(timeout)
 
-    def _report(self, status: Status) -> None:
-        self.channel.report(status)
-
     def _run(self) -> None:
-        acquired = False
+        self._started.set()
         try:
-            if self._lock is not None:
-                acquired = self._acquire()
-                if not acquired:
-                    raise TrainingStopped("Stopped while waiting; nothing was trained.")
-            self.result = self._work(self.channel)
-        except BaseException as exc:  # noqa: BLE001 - handed to the UI thread, which words it
-            self.error = exc
-        finally:
-            if acquired:
-                self._lock.release()
-            self._done.set()
+            if self.channel.stop_requested():  # stopped (or its session gone) just before its turn
+                raise TrainingStopped("Stopped while waiting; nothing was trained.")
+            self.channel.report(Status("waiting", STARTING))
+            self._finish(result=self._work(self.channel))
+        except BaseException as exc:  # noqa: BLE001 - handed to the page's handler, which words it
+            self._finish(error=exc)
 
-    def _acquire(self) -> bool:
-        if self._lock.acquire(blocking=False):
-            return True
-        self._report(Status("waiting", "Waiting for another training to finish (one at a time)..."))
-        while not self.channel.stop_requested():
-            if self._lock.acquire(timeout=0.2):
-                return True
-        return False
+    def _finish(self, result: T | None = None, error: BaseException | None = None) -> None:
+        self.result, self.error = result, error
+        self._done.set()
 
 
-class JobRegistry:
-    """The job of each session (keyed by Gradio's session hash), so Stop finds it.
+class JobRunner:
+    """The executor plus each session's job (keyed by Gradio's session hash), so Stop finds it.
 
-    A request waiting in Gradio's queue has no job yet: ``enqueue`` records it, so that
-    Stop can cancel it before it starts (``dequeue`` tells the Train handler).
+    Between the quick checks of a Train click and the job's submission, a session is
+    ``reserve``d: a Stop then cancels the run before anything is submitted (``claim``).
     """
 
-    def __init__(self) -> None:
-        self._jobs: dict[str, TrainingJob] = {}
-        self._queued: dict[str, threading.Event] = {}
+    def __init__(self, max_waiting: int = MAX_WAITING) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fewshot-train")
+        self.max_waiting = max_waiting
+        self._jobs: dict[str, Job] = {}
+        self._reserved: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
 
-    def enqueue(self, key: str) -> None:
-        with self._lock:
-            self._queued[key] = threading.Event()
-
-    def dequeue(self, key: str) -> bool:
-        """Forget the queued request; True when Stop cancelled it meanwhile."""
-        with self._lock:
-            flag = self._queued.pop(key, None)
-        return flag is not None and flag.is_set()
-
-    def add(self, key: str, job: TrainingJob) -> None:
+    def submit(self, key: str, work: Callable[[Channel], T], channel: Channel | None = None) -> Job[T]:
+        """Queue ``work`` for the session ``key``; FewShotError when that session already has a job."""
+        job: Job[T] = Job(work, channel if channel is not None else MemoryChannel())
         with self._lock:
             old = self._jobs.get(key)
             if old is not None and not old.wait(0):
                 raise FewShotError("A training of this session is still running; stop it or wait for it.")
+            active = self._active()
+            if active > self.max_waiting:
+                raise FewShotError("Too many trainings are waiting on this server; try again later.")
             self._jobs[key] = job
+            job.channel.report(Status("waiting", QUEUED if active else STARTING))
+            # The worker runs in a copy of the caller's context: per-request context (e.g. what
+            # ZeroGPU's decorator reads to account GPU time) follows the work onto the thread.
+            job._future = self._executor.submit(contextvars.copy_context().run, job._run)
+        return job
+
+    def reserve(self, key: str) -> None:
+        with self._lock:
+            self._reserved[key] = threading.Event()
+
+    def claim(self, key: str) -> bool:
+        """Forget the reservation; True when Stop cancelled it meanwhile."""
+        with self._lock:
+            flag = self._reserved.pop(key, None)
+        return flag is not None and flag.is_set()
 
     def stop(self, key: str) -> bool:
-        """Ask the session's job to stop (or its queued request not to start); False when there is none."""
+        """Stop the session's job (or its reserved run); False when there is none."""
         with self._lock:
             job = self._jobs.get(key)
-            queued = self._queued.get(key)
+            reserved = self._reserved.get(key)
         if job is not None and not job.wait(0):
             job.stop()
             return True
-        if queued is not None:
-            queued.set()
+        if reserved is not None:
+            reserved.set()
             return True
         return False
 
-    def busy(self, key: str) -> bool:
-        """Whether this session has a job that has not finished."""
+    def job(self, key: str) -> Job | None:
         with self._lock:
+            return self._jobs.get(key)
+
+    def busy(self, key: str | None = None) -> bool:
+        """Whether this session (any session, for None) has a job that has not finished."""
+        with self._lock:
+            if key is None:
+                return self._active() > 0
             job = self._jobs.get(key)
         return job is not None and not job.wait(0)
 
-    def remove(self, key: str, job: TrainingJob) -> None:
+    def remove(self, key: str, job: Job) -> None:
         with self._lock:
             if self._jobs.get(key) is job:
                 del self._jobs[key]
 
-    def running(self) -> int:
-        with self._lock:
-            return sum(1 for j in self._jobs.values() if not j.wait(0))
+    def _active(self) -> int:
+        return sum(1 for j in self._jobs.values() if not j.wait(0))
 
 
-JOBS = JobRegistry()
+RUNNER = JobRunner()

@@ -3,8 +3,8 @@
 ``Services`` owns the process-wide, read-only backbone (loaded lazily, once), a
 small LRU of predictors (text features are the expensive part, so one predictor
 per combination of classes, descriptions and checkpoint), a cache of loaded
-checkpoints, the lazily filled cache of predictions on the shipped examples, and
-the lock that keeps few-shot training to one run at a time. Every model call goes
+checkpoints and the lazily filled cache of predictions on the shipped examples
+(few-shot trainings run one at a time on ``app.jobs.RUNNER``). Every model call goes
 through ``app.device`` (a GPU call on ZeroGPU), which finds this object again by
 ``self.ref``. Per-user data never lives here: it is in ``gr.State`` (see ``app.session``).
 """
@@ -137,7 +137,6 @@ class Services:
         self._generators = _LRU(1)  # a local LLM is large: keep one
         self._retrievers = _LRU(1)  # one over all shipped banks; it keeps their embeddings
         self._examples = _LRU(example_cache)  # predictions on the shipped examples (lazy example caching)
-        self.train_lock = threading.Lock()  # the Few-shot tab: one training at a time per process
         self.calls = calls or CALLS  # how model work runs: see app.device
         self.ref = register(self)  # what a GPU call gets instead of this object
 

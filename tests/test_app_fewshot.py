@@ -386,7 +386,7 @@ def test_stop_button_ends_the_session_job(services, state, tmp_path):
     assert answers and answers[0].startswith("**Stopping**")
     assert "Stopped early" in merged["status"] and merged["last"]["folder"]
     assert time.perf_counter() - t0 < 120
-    assert not jobs.JOBS.busy("stopper")
+    assert not jobs.RUNNER.busy("stopper")
     assert tab.stop("stopper") == "Nothing is training in this session."
 
 
@@ -402,18 +402,19 @@ def test_stop_before_training_saves_nothing(services, tmp_path):
 
 
 def test_one_training_at_a_time_reports_waiting():
-    lock = threading.Lock()
+    runner = jobs.JobRunner()  # its own single worker, so a slow test elsewhere cannot block this one
     release = threading.Event()
-    first = jobs.TrainingJob(lambda channel: release.wait(10) and "first", lock=lock).start()
-    second = jobs.TrainingJob(lambda channel: "second", lock=lock).start()
+    first = runner.submit("a", lambda channel: release.wait(10) and "first")
+    second = runner.submit("b", lambda channel: "second")
     deadline = time.time() + 5
     while "Waiting" not in second.status.text and time.time() < deadline:
         time.sleep(0.02)
     assert "Waiting for another training to finish" in second.status.text and not second.wait(0.2)
+    assert (first.state, second.state) == ("running", "queued")
     release.set()
     assert first.wait(5) and second.wait(5) and (first.result, second.result) == ("first", "second")
-    third_blocker = jobs.TrainingJob(lambda channel: time.sleep(0.5), lock=lock).start()
-    waiting = jobs.TrainingJob(lambda channel: "never", lock=lock).start()
+    third_blocker = runner.submit("c", lambda channel: time.sleep(0.5))
+    waiting = runner.submit("d", lambda channel: "never")
     time.sleep(0.1)
     waiting.stop()  # Stop while queued behind another training
     assert waiting.wait(5) and isinstance(waiting.error, errors.TrainingStopped)
@@ -421,10 +422,16 @@ def test_one_training_at_a_time_reports_waiting():
 
 
 def test_prepare_says_when_it_will_wait(services, state, tmp_path):
-    with services.train_lock:
+    release = threading.Event()
+    blocker = jobs.RUNNER.submit("other-user", lambda channel: release.wait(10))
+    try:
         _, _, status = _prepare(services, state, class_files(tmp_path, 1), key="waiter")
+    finally:
+        release.set()
+        assert blocker.wait(5)
+        jobs.RUNNER.remove("other-user", blocker)
     assert "waiting for another training to finish" in status
-    jobs.JOBS.dequeue("waiter")
+    jobs.RUNNER.claim("waiter")
 
 
 def test_stop_while_queued_cancels_before_start(services, state, tmp_path):
@@ -435,12 +442,15 @@ def test_stop_while_queued_cancels_before_start(services, state, tmp_path):
     assert "last" not in merged and not (session_dir(state) / "fewshot").exists()
 
 
-def test_train_event_is_one_at_a_time_in_the_queue(tiny):
+def test_train_event_is_one_at_a_time_in_the_runner(tiny):
     from app.main import build_demo
 
     demo = build_demo(Services(tiny))
-    train = [fn for fn in demo.fns.values() if fn.concurrency_id == tab.TRAIN_GROUP]
-    assert len(train) == 1 and train[0].concurrency_limit == 1
+    # Gradio does not hold the Train event back: the runner's single worker does, so a second
+    # user's status stream says it is queued and its Stop reaches it.
+    assert jobs.RUNNER._executor._max_workers == 1
+    train = [fn for fn in demo.fns.values() if getattr(fn.fn, "__name__", "") == "_train"]
+    assert len(train) == 1 and train[0].concurrency_limit is None
     stop = [fn for fn in demo.fns.values() if getattr(fn.fn, "__name__", "") == "_stop"]
     assert stop and stop[0].concurrency_limit is None  # Stop is never queued behind a training
 

@@ -3,10 +3,10 @@
 They call ``app.uploads``, ``app.zip_import``, ``app.jobs`` and ``app.export`` and, through them,
 ``dpt_core.fewshot`` (the run). Design choices:
 
-- One training per process: the Train event runs in the concurrency group
-  ``fewshot-train`` with a limit of 1 (Gradio's queue holds the others), and the job also
-  takes ``services.train_lock``. A quick first step validates the uploads at once and says
-  when the user will have to wait; prediction events are in other groups and keep running.
+- One training per process: the run is submitted to ``app.jobs.RUNNER``, a single-worker
+  executor; a second user's run waits in its queue and their status says so (Stop cancels
+  it there). A quick first step validates the uploads at once and says when the user will
+  have to wait; prediction never goes through the runner and keeps running.
 - Stop is cooperative: a per-session flag polled by ``fit`` before every step; the best
   completed epoch is kept and saved. No thread is killed.
 - Nothing uploaded leaves the session: decoded images and features live in memory during
@@ -41,7 +41,7 @@ from ..export import (
 )
 from ..formatting import clip_message, escape
 from ..job_channel import FileChannel
-from ..jobs import JOBS, TrainingJob
+from ..jobs import RUNNER, Job
 from ..services import CUSTOM, Services
 from ..session import add_trained, new_session_state, session_dir
 from ..uploads import (
@@ -66,7 +66,6 @@ log = logging.getLogger(__name__)
 
 N_CARDS = LIMITS.max_classes
 DEFAULT_PRESET = "btmri"  # 4 classes: the "4 classes x 8 images in about a minute" case
-TRAIN_GROUP = "fewshot-train"  # concurrency_id of the training event: one at a time per process
 POLL_S = 0.5  # how often the streamed status is refreshed
 PENDING_TTL_S = 1800  # validated images waiting in the queue are dropped after this (memory only)
 PRIVATE = {"api_visibility": "private"}  # UI events only: training is not part of the public API
@@ -161,21 +160,21 @@ def prepare(state: dict | None, services: Services, preset: str, classes_text: s
         data = load_class_images(names, files)
     except (FewShotError, ValueError) as err:
         raise _error(str(err), "Cannot train yet") from None
-    if JOBS.busy(session_key):
+    if RUNNER.busy(session_key):
         raise _error("A training of this session is still running; stop it or wait for it.")
-    busy = JOBS.running() > 0 or services.train_lock.locked()
+    busy = RUNNER.busy()
     status = ("Queued: **waiting for another training to finish** (one training at a time on this "
               "server). Prediction keeps working meanwhile." if busy else "Starting...")
     session_dir(state)
-    JOBS.enqueue(session_key)  # Stop can cancel it while it waits in the queue
+    RUNNER.reserve(session_key)  # Stop can cancel it before it is submitted
     paths = [[str(p) for p in (f or [])] for f in files[:len(names)]]
     del data  # checked; the pending run keeps the paths only
     return state, PendingRun(setup, paths, settings, description or ""), status
 
 
 def train_stream(services: Services, state: dict | None, pending: PendingRun | None, ui: Any, session_key: str):
-    """Generator for the Train event: runs the job on a thread and streams its status."""
-    if JOBS.dequeue(session_key):
+    """Generator for the Train event: submits the job to the runner and streams its status."""
+    if RUNNER.claim(session_key):
         yield {ui.pending: None, ui.status: "**Stopped** before it started; nothing was trained."}
         return
     if pending is None:
@@ -192,15 +191,13 @@ def train_stream(services: Services, state: dict | None, pending: PendingRun | N
     def work(ch) -> FewShotResult:
         return services.run_fewshot(run.setup, run.data, run.settings, folder, run.description, ch)
 
-    job: TrainingJob[FewShotResult] = TrainingJob(work, lock=services.train_lock, channel=channel)
     try:
-        JOBS.add(session_key, job)
+        job: Job[FewShotResult] = RUNNER.submit(session_key, work, channel)
     except FewShotError as err:
         raise _error(str(err)) from None
-    job.start()
     try:
         yield {ui.pending: None, ui.result: gr.update(visible=False), ui.plot: gr.update(value=None, visible=True),
-               ui.status: "Starting..."}
+               ui.status: status_markdown(job.status)}
         shown_epochs = 0
         while not job.wait(POLL_S):
             st = job.status
@@ -214,11 +211,11 @@ def train_stream(services: Services, state: dict | None, pending: PendingRun | N
             job.stop()  # the page went away mid-run: end at the next step boundary
         else:
             clear_dir(channel.folder)
-        JOBS.remove(session_key, job)
+        RUNNER.remove(session_key, job)
     yield _finish(job, ui)
 
 
-def _finish(job: TrainingJob[FewShotResult], ui: Any) -> dict:
+def _finish(job: Job[FewShotResult], ui: Any) -> dict:
     err = job.error
     if isinstance(err, TrainingStopped):
         return {ui.status: f"**Stopped.** {escape(err)}"}
@@ -245,8 +242,9 @@ def _finish(job: TrainingJob[FewShotResult], ui: Any) -> dict:
 
 
 def stop(session_key: str) -> str:
-    running = JOBS.busy(session_key)
-    if not JOBS.stop(session_key):
+    job = RUNNER.job(session_key)
+    running = job is not None and job.state == "running"
+    if not RUNNER.stop(session_key):
         return "Nothing is training in this session."
     if running:
         return "**Stopping** at the next step; the best completed epoch will be kept..."

@@ -29,7 +29,6 @@ from .handlers import (
     N_CARDS,
     PENDING_TTL_S,
     PRIVATE,
-    TRAIN_GROUP,
     _uses_gpu,
     on_classes,
     on_description,
@@ -250,7 +249,8 @@ def _wire(ui: _Ui, services: Services, session: gr.State, predict: Any, tabs: gr
         _train, [session, ui.pending],
         [ui.pending, ui.status, ui.plot, ui.result, ui.summary, ui.per_class, ui.confusion, ui.download, ui.last,
          ui.stop],
-        concurrency_limit=1, concurrency_id=TRAIN_GROUP, show_progress="minimal", show_progress_on=[ui.status],
+        # Not limited here: app.jobs.RUNNER runs one training at a time and the rest show they are queued.
+        concurrency_limit=None, show_progress="minimal", show_progress_on=[ui.status],
         **PRIVATE)
     ui.stop.click(_stop, None, ui.status, concurrency_limit=None, show_progress="hidden", **PRIVATE)
 
