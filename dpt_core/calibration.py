@@ -8,7 +8,8 @@ recorded. On the same images, split-conformal thresholds (``conformal``) are
 computed for a few coverages on the calibrated probabilities.
 
 Everything here is a pure function of (logits, labels), plus ``calibrate`` /
-``calibrate_features`` that run a model over held-out images first, so any
+``calibrate_features`` that run a model over held-out images first (and
+``calibrate_checkpoint``, which stores the result in a saved checkpoint), so any
 held-out check (the Few-shot tab's, ``train --holdout``, a sweep's validation
 split) can call it.
 
@@ -23,7 +24,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -38,6 +40,10 @@ from .conformal import (
     set_metrics,
 )
 from .errors import InputError
+
+if TYPE_CHECKING:  # annotations only: backbone and data are heavier than this pure module
+    from .backbone import Backbone
+    from .data import LabelledImages
 
 COVERAGES = (0.8, 0.9, 0.95)  # coverages offered; thresholds are stored for each
 DEFAULT_COVERAGE = 0.9
@@ -270,6 +276,26 @@ def calibrate(model, images, source: str = "held-out images", coverages: Sequenc
     from .features import encode_images
 
     return calibrate_features(model, encode_images(model, images.images), images.labels, source, coverages)
+
+
+def calibrate_checkpoint(folder: str | Path, backbone: Backbone, images: LabelledImages,
+                         source: str = "validation images") -> Calibration:
+    """Calibrate a saved checkpoint folder on labelled ``images`` and store the block in its config.json.
+
+    For runs whose calibration images are separate from training (a sweep's validation
+    split, ``dpt_core.data.validation_records``); the images must use the checkpoint's class order.
+    ``backbone`` is the ``Backbone`` the checkpoint was trained on.
+    """
+    from .checkpoint import read_folder, write_checkpoint  # checkpoint imports this module
+
+    ckpt = read_folder(folder)
+    if list(images.class_names) != ckpt.class_names:
+        raise InputError(f"the images' classes {images.class_names} are not the checkpoint's {ckpt.class_names}")
+    model = ckpt.build_model(backbone).eval()
+    result = calibrate(model, images, source)
+    ckpt.config["calibration"] = result.to_config()
+    write_checkpoint(ckpt, folder)
+    return result
 
 
 def evaluation_metrics(logits: torch.Tensor, labels: torch.Tensor, calibration: Calibration | None,

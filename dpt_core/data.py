@@ -133,6 +133,14 @@ def few_shot(records: Sequence[ImageRecord], shots: int, seed: int) -> list[Imag
     return out
 
 
+VALIDATION_SHOTS_CAP = 4  # the reference's validation split: min(K, 4) images per class
+
+
+def validation_records(val_records: Sequence[ImageRecord], shots: int, seed: int) -> list[ImageRecord]:
+    """A sweep's calibration images: min(K, 4) per class of the validation split, drawn per seed."""
+    return few_shot(val_records, min(shots, VALIDATION_SHOTS_CAP) if shots > 0 else VALIDATION_SHOTS_CAP, seed)
+
+
 def load_pil(records: Sequence[ImageRecord]) -> list[Image.Image]:
     """Decode every record once (PNG/JPEG/TIFF/DICOM through ``imageio``)."""
     return [load_image(r.path).image for r in records]

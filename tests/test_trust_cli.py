@@ -117,8 +117,7 @@ def test_bad_calibration_block_is_a_one_line_error(capsys, folder, calibrated, t
 
 
 def test_validation_records_draw_at_most_four_per_class():
-    from dpt_core.data import ImageRecord
-    from dpt_core.heldout import validation_records
+    from dpt_core.data import ImageRecord, validation_records
 
     recs = [ImageRecord(f"{c}_{i}.png", c, str(c)) for c in range(3) for i in range(10)]
     for shots, per_class in ((1, 1), (2, 2), (16, 4)):
@@ -129,8 +128,8 @@ def test_validation_records_draw_at_most_four_per_class():
 def test_calibrate_checkpoint_stores_the_block(tiny, tmp_path):
     from conftest import SYNTH_CLASSES, synthetic_set
 
+    from dpt_core.calibration import calibrate_checkpoint
     from dpt_core.checkpoint import make_config, read_folder, save_checkpoint
-    from dpt_core.heldout import calibrate_checkpoint
     from dpt_core.model import BiomedDPT
 
     model = BiomedDPT(tiny, SYNTH_CLASSES, "a photo of a {}.", 4)
