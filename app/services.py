@@ -7,43 +7,36 @@ checkpoints and the lazily filled cache of predictions on the shipped examples
 (few-shot trainings run one at a time on ``app.jobs.RUNNER``). Every model call goes
 through ``app.device`` (a GPU call on ZeroGPU), which finds this object again by
 ``self.ref``. Per-user data never lives here: it is in ``gr.State`` (see ``app.session``).
+The attention maps (``app.explain_calls``) and the descriptions (``app.description_calls``)
+are mixins in their own modules; the caches are ``app.cache.LRU``.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Hashable, Mapping, Sequence, TypeVar
+from typing import Mapping, Sequence
 
 from PIL import Image
 
 from dpt_core.backbone import DEFAULT_BACKBONE, Backbone, BackboneError, load_backbone
 from dpt_core.checkpoint import PromptCheckpoint, check_backbone, load_checkpoint
 from dpt_core.data import LabelledImages
-from dpt_core.describe import (
-    GenerationRequest,
-    GenerationResult,
-    make_generator,
-)
 from dpt_core.errors import InputError
-from dpt_core.explain import Explanation
-from dpt_core.explanation import METHODS, check_target, explain_image
-from dpt_core.faithfulness import explanation_faithfulness
 from dpt_core.fewshot import FewShotResult, TrainSettings
-from dpt_core.genpolicy import check_generation_model, visitor_generator
 from dpt_core.hub import hub_token_for
-from dpt_core.limits import check_generation_count, check_text_budget
+from dpt_core.limits import check_text_budget
 from dpt_core.modality import ModalityCheck, check_modality
 from dpt_core.predictor import Prediction, Predictor
-from dpt_core.prompt_bank import encode_cached
 from dpt_core.registry import entry as registry_entry
 from dpt_core.workflow import ClassSetup, setup_classes
 
+from .cache import LRU
+from .description_calls import GENERATOR_BACKENDS, DescriptionCalls  # noqa: F401 - GENERATOR_BACKENDS: public here
 from .device import CALLS, DeviceCalls, register
+from .explain_calls import EXPLAIN_METHODS, ExplainCalls  # noqa: F401 - EXPLAIN_METHODS: public here
 from .job_channel import FileChannel
 from .jobs import run_fewshot
 
@@ -59,45 +52,6 @@ FALLBACK_BANNER = (
     "The default BiomedCLIP backbone could not be downloaded from the Hugging Face Hub and is not "
     "in the local cache, so the app runs on the 'tiny' test backbone instead. "
 )
-GENERATOR_BACKENDS = ("retrieval", "hf-inference", "local")
-EXPLAIN_METHODS = METHODS
-
-T = TypeVar("T")
-
-
-class _LRU:
-    """A small thread-safe LRU cache; each missing key is built once even when asked for concurrently."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self._items: OrderedDict[Hashable, object] = OrderedDict()
-        self._building: dict[Hashable, threading.Lock] = {}
-        self._lock = threading.Lock()  # guards the two dicts only, never held while building
-
-    def get_or_build(self, key: Hashable, build: Callable[[], T]) -> T:
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]  # type: ignore[return-value]
-            key_lock = self._building.setdefault(key, threading.Lock())
-        # Two users asking for the same new predictor wait for one build (prompt encoding is
-        # seconds on CPU); other keys, cached or not, are not blocked by a slow Hub download.
-        with key_lock:
-            with self._lock:
-                if key in self._items:
-                    return self._items[key]  # type: ignore[return-value]
-            try:
-                value = build()
-            except BaseException:  # propagate, cache nothing: a retry builds again
-                with self._lock:
-                    self._building.pop(key, None)
-                raise
-            with self._lock:
-                self._items[key] = value
-                self._building.pop(key, None)
-                while len(self._items) > self.size:
-                    self._items.popitem(last=False)
-            return value
 
 
 def _checkpoint_id(value: str | None) -> str | None:
@@ -111,7 +65,7 @@ class PredictOutcome:
     modality: ModalityCheck
 
 
-class Services:
+class Services(ExplainCalls, DescriptionCalls):
     """Everything the tabs need from ``dpt_core``, behind plain Python calls."""
 
     def __init__(
@@ -132,11 +86,11 @@ class Services:
         self.device = device  # None: CUDA when present (dpt_core.backbone.default_device)
         self._fallback_reason: str | None = None
         self._load_lock = threading.Lock()
-        self._predictors = _LRU(predictor_cache)
-        self._checkpoints = _LRU(checkpoint_cache)
-        self._generators = _LRU(1)  # a local LLM is large: keep one
-        self._retrievers = _LRU(1)  # one over all shipped banks; it keeps their embeddings
-        self._examples = _LRU(example_cache)  # predictions on the shipped examples (lazy example caching)
+        self._predictors = LRU(predictor_cache)
+        self._checkpoints = LRU(checkpoint_cache)
+        self._generators = LRU(1)  # a local LLM is large: keep one
+        self._retrievers = LRU(1)  # one over all shipped banks; it keeps their embeddings
+        self._examples = LRU(example_cache)  # predictions on the shipped examples (lazy example caching)
         self.calls = calls or CALLS  # how model work runs: see app.device
         self.ref = register(self)  # what a GPU call gets instead of this object
 
@@ -279,66 +233,6 @@ class Services:
         prediction = predictor.predict_features(feats)[0]
         return PredictOutcome(prediction, check_modality(predictor.backbone, feats[0], expected_modality))
 
-    def explain(
-        self,
-        setup: ClassSetup,
-        checkpoint_id: str | None,
-        image: Image.Image,
-        method: str = "gradcam",
-        target_class: str | None = None,
-        phrase: str | None = None,
-        faithfulness: bool = False,
-    ) -> Explanation:
-        """Grad-CAM towards a class's learned prompt (default: the predicted class) or a typed phrase; or rollout.
-
-        ``faithfulness``: also run the deletion test of the map (``Explanation.faithfulness``).
-        """
-        check_target(method, list(setup.class_names), target_class)  # before any GPU call
-        checkpoint_id, ckpt = self._checkpoint(setup, checkpoint_id)
-        phrase = " ".join((phrase or "").split())
-        return self.calls.explain(self.ref, setup, checkpoint_id, ckpt, image, method, target_class, phrase,
-                                  bool(faithfulness)).unwrap()
-
-    def explain_here(self, setup: ClassSetup, checkpoint_id: str | None, checkpoint: PromptCheckpoint | None,
-                     image: Image.Image, method: str, target_class: str | None, phrase: str,
-                     faithfulness: bool = False) -> Explanation:
-        predictor = self.predictor(setup, checkpoint_id, checkpoint)
-        expl = explain_image(predictor, image, method, target_class, phrase)
-        if faithfulness:
-            phrase_feature = encode_cached(self.backbone, [phrase])[0] if phrase and method != "rollout" else None
-            expl = dataclasses.replace(expl, faithfulness=explanation_faithfulness(
-                predictor.model, image, expl, predictor.text_features, predictor.class_names, phrase_feature))
-        return expl
-
-    # ------------------------------------------------------------------ descriptions
-    def generate_descriptions(
-        self,
-        setup: ClassSetup,
-        class_name: str,
-        backend: str = "retrieval",
-        n: int = 10,
-        token: str | None = None,
-        model: str | None = None,
-    ) -> GenerationResult:
-        """Expert descriptions for one class. Raises GenerationError (and ValueError for bad arguments)."""
-        if backend not in GENERATOR_BACKENDS:
-            raise InputError(f"unknown description backend {backend!r}")
-        p = setup.preset
-        request = GenerationRequest(
-            class_name=class_name,
-            modality=p.modality if p else "medical imaging",
-            organ=p.organ if p else "",
-            n=check_generation_count(n),  # any client may send any number
-            other_classes=tuple(c for c in setup.class_names if c != class_name),
-        )
-        if backend == "hf-inference":
-            # Over the network, no model here. A fresh generator per call: the visitor's token is
-            # used for this request and never kept; the model comes from the server's allowlist.
-            return visitor_generator(backend, model, token).generate(request)
-        if backend == "local":
-            model = check_generation_model(backend, model)  # allowlisted, or GenerationError
-        return self.calls.describe(self.ref, p.name if p else None, request, backend, model or "").unwrap()
-
     # ------------------------------------------------------------------ few-shot training
     def run_fewshot(self, setup: ClassSetup, data: LabelledImages, settings: TrainSettings, out_dir: str | Path,
                     description: str, channel: FileChannel) -> FewShotResult:
@@ -348,16 +242,3 @@ class Services:
         """
         return run_fewshot(self.calls.fewshot_phases(self.ref), setup, data, settings, out_dir, description,
                            channel, self.calls.slice_s)
-
-    def describe_here(self, preset: str | None, request: GenerationRequest, backend: str,
-                      model: str) -> GenerationResult:
-        if backend == "retrieval":
-            return self._retrievers.get_or_build("shipped", self._retrieval).generate(request)
-        generator = self._generators.get_or_build(model, lambda: make_generator("local", model=model))
-        return generator.generate(request)
-
-    def _retrieval(self):
-        # Every shipped bank; the generator itself keeps to the request's modality.
-        # With random weights an embedding match is noise; word overlap is at least honest.
-        embed = None if self.backbone.random_weights else (lambda texts: encode_cached(self.backbone, texts))
-        return make_generator("retrieval", embed=embed)
