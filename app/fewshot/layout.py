@@ -127,18 +127,7 @@ def _build(services: Services) -> _Ui:
         zip_file = gr.File(label="Zip", file_types=[".zip"], type="filepath", elem_id="fewshot-zip")
         zip_report = gr.Markdown()
         zip_msg = gr.Markdown(elem_id="fewshot-zip-msg")
-    names = load_preset(DEFAULT_PRESET).classes
-    cards, headers, files, galleries, counts = [], [], [], [], []
-    with gr.Row(equal_height=False):
-        for i in range(N_CARDS):
-            with gr.Column(visible=i < len(names), min_width=260, variant="panel") as card:
-                headers.append(gr.Markdown(f"**{i + 1}. {names[i]}**" if i < len(names) else ""))
-                files.append(gr.File(file_count="multiple", type="filepath", label="Images (PNG, JPEG, TIFF, DICOM)",
-                                     height=140, elem_id=f"fewshot-files-{i}"))
-                galleries.append(gr.Gallery(show_label=False, columns=6, height=110, allow_preview=False,
-                                            interactive=False, format="png", elem_id=f"fewshot-gallery-{i}"))
-                counts.append(gr.Markdown("0 images", elem_id=f"fewshot-count-{i}"))
-            cards.append(card)
+    cards, headers, files, galleries, counts = _class_cards(load_preset(DEFAULT_PRESET).classes)
     description = gr.Textbox(label="Training data description (goes into the model card)", lines=2,
                              placeholder="e.g. 8 axial T1 MR slices per class from our teaching archive, 2024; "
                                          "no patient identifiers.")
@@ -167,6 +156,22 @@ def _build(services: Services) -> _Ui:
         pending=gr.State(None, time_to_live=PENDING_TTL_S),  # a validated run: upload paths and settings
         last=gr.State(None),  # the last result: label, folder, zip path, preset (strings only)
     )
+
+
+def _class_cards(names: list[str]) -> tuple[list, list, list, list, list]:
+    """One card per class (the first ``len(names)`` shown): (cards, headers, files, galleries, counts)."""
+    cards, headers, files, galleries, counts = [], [], [], [], []
+    with gr.Row(equal_height=False):
+        for i in range(N_CARDS):
+            with gr.Column(visible=i < len(names), min_width=260, variant="panel") as card:
+                headers.append(gr.Markdown(f"**{i + 1}. {names[i]}**" if i < len(names) else ""))
+                files.append(gr.File(file_count="multiple", type="filepath", label="Images (PNG, JPEG, TIFF, DICOM)",
+                                     height=140, elem_id=f"fewshot-files-{i}"))
+                galleries.append(gr.Gallery(show_label=False, columns=6, height=110, allow_preview=False,
+                                            interactive=False, format="png", elem_id=f"fewshot-gallery-{i}"))
+                counts.append(gr.Markdown("0 images", elem_id=f"fewshot-count-{i}"))
+            cards.append(card)
+    return cards, headers, files, galleries, counts
 
 
 def _advanced(d: TrainSettings) -> dict[str, Any]:
