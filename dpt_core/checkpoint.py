@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from .backbone import Backbone
 from .calibration import Calibration, CalibrationError
+from .errors import InputError
 from .hub import HF_PREFIX, download_file, parse_hub_id
 from .integrity import config_problem, finite_json, tensor_problem
 from .model import BiomedDPT
@@ -45,7 +46,7 @@ REQUIRED_CONFIG = ("format_version", "method", "backbone", "class_names", "templ
 BIOMEDCOOP_TEMPLATE, BIOMEDCOOP_N_CTX = "a photo of a {}.", 4
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint cannot be used; the message says exactly why."""
 
 

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Sequence
 
 from .descriptions import same_classes
+from .errors import UserError
 from .integrity import finite_json
 from .outpath import check_out_path, empty_classes, error_line
 
 log = logging.getLogger("dpt_core")
 
 
-class CLIError(Exception):
+class CLIError(UserError):
     """An error for the user: printed as one line, exit status 1."""
 
 
@@ -162,11 +163,10 @@ def cmd_train(args) -> int:
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                          mode="exact" if args.exact else "fast", views=args.views, loss_weights=weights)
     data = LabelledImages.from_records(train_records, setup.class_names)
-    held = None
-    if args.holdout is not None:  # held out before training: never trained on
-        from .heldout import split_heldout
+    if args.holdout is not None:  # the app's few-shot run, with its held-out check (dpt_core.fewshot)
+        from .cli_fewshot import train_with_holdout
 
-        data, held = split_heldout(data, args.holdout, args.seed)
+        return train_with_holdout(args, backbone, setup, data, weights)
     print(f"training on {len(data)} images of {len(setup.class_names)} classes ({config.mode} mode)", file=sys.stderr)
 
     def on_step(info):
@@ -183,31 +183,16 @@ def cmd_train(args) -> int:
         if protocol == "base2novel":
             metrics["harmonic_mean"] = harmonic_mean(metrics["base_accuracy"], metrics["novel_accuracy"])
         print("test: " + json.dumps(finite_json(metrics), allow_nan=False), file=sys.stderr)
-    check = _holdout_check(outcome, backbone, setup, held, weights, visual) if held is not None else None
-    metrics.update(check.metrics() if check else {})
     description = args.data_description or "Not described by the person who trained it."
     out = save_trained(args.out, outcome, setup, config, metrics,
                        data_description=f"{description} ({len(data)} training images, {args.shots} shots per class, "
                                         f"from {Path(args.data).name}.)",
-                       protocol=protocol, training_extra={"shots": args.shots, "data": Path(args.data).name},
-                       calibration=check.calibration if check else None)
+                       protocol=protocol, training_extra={"shots": args.shots, "data": Path(args.data).name})
     if args.json:
-        _print_json({"checkpoint": str(out), "metrics": metrics,
-                     "calibration": check.calibration.to_config() if check else None})
+        _print_json({"checkpoint": str(out), "holdout": None, "metrics": metrics, "calibration": None})
     else:
         print(str(out))
     return 0
-
-
-def _holdout_check(outcome, backbone, setup, held, weights, visual):
-    from .heldout import check_heldout
-    from .workflow import zero_shot_model
-
-    check = check_heldout(outcome.model, zero_shot_model(backbone, setup, visual), held, outcome.teacher, weights,
-                          source=f"{len(held)} images held out of training")
-    print(f"held-out: accuracy {check.adapted.accuracy:.4f} (zero-shot {check.zero_shot.accuracy:.4f}), "
-          f"ECE {check.calibration.ece_before:.4f} -> {check.calibration.ece_after:.4f}", file=sys.stderr)
-    return check
 
 
 def _subset_setup(setup, class_names, ids):
@@ -418,9 +403,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--visual-layout", choices=["reference", "insert"], default="reference")
     sp.add_argument("--data-description", help="what the training images are (source, licence, population); "
                                                "goes into the model card")
-    sp.add_argument("--holdout", type=float, metavar="F",
-                    help="hold out fraction F of each class: held-out check and calibration stored in the checkpoint")
-    sp.add_argument("--json", action="store_true", help="print {checkpoint, metrics, calibration} as JSON")
+    sp.add_argument("--holdout", type=float, default=None, metavar="F",
+                    help="the app's few-shot run: hold out a share F of each class (e.g. 0.25), compare the adapted "
+                         "prompt with the zero-shot one on it and store the calibration fitted on it")
+    sp.add_argument("--json", action="store_true",
+                    help="print {checkpoint, holdout, metrics, calibration} as JSON")
     sp.set_defaults(func=cmd_train)
 
     sp = sub.add_parser("evaluate", help="accuracy, confusion matrix and loss parts")

@@ -4,9 +4,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
-REGISTRY_PATH = Path(__file__).resolve().parent.parent / "checkpoints" / "registry.json"
+from .resources import CHECKPOINTS_DIR
+
+REGISTRY_PATH = CHECKPOINTS_DIR / "registry.json"
 
 
 @dataclass(frozen=True)
