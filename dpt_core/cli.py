@@ -77,11 +77,13 @@ def _setup(args, ckpt, protocol="few_shot"):
 
 
 def _split_file(args) -> str | None:
-    """--split-file, else the one split_*.json in the data folder, else None (an image folder)."""
+    """--split-file, else split_<FOLDER>.json or the one split_*.json in the data folder, else None."""
+    from .data import find_split_file
+
     if args.split_file:
         return args.split_file
-    found = sorted(Path(args.data).glob("split_*.json")) if Path(args.data).is_dir() else []
-    return str(found[0]) if len(found) == 1 else None
+    found = find_split_file(args.data)
+    return str(found) if found else None
 
 
 def _load_data(args, class_names, split: str):
@@ -109,7 +111,8 @@ def cmd_predict(args) -> int:
     setup = _setup(args, ckpt)  # validate cheap arguments before loading a backbone
     backbone = _backbone(args, ckpt)
     predictor = Predictor(backbone, setup.class_names, setup.templates, setup.descriptions,
-                          template=setup.template, n_ctx=setup.n_ctx, checkpoint=ckpt)
+                          template=setup.template, n_ctx=setup.n_ctx, checkpoint=ckpt,
+                          class_position=args.class_position)
     results = []
     for path in args.images:
         try:
@@ -129,104 +132,31 @@ def cmd_predict(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .data import LabelledImages, few_shot
-    from .evaluate import base_novel_split, harmonic_mean
-    from .losses import LossWeights
-    from .train import TrainConfig
-    from .visual import VisualPromptConfig
-    from .workflow import save_trained, train_prompts
+    from .runs import RunSpec, run_training
 
     protocol = args.protocol.replace("-", "_")
-    setup = _setup(args, None, protocol)
+    classes = _read_classes_file(args.classes_file) if getattr(args, "classes_file", None) else None
+    if not args.preset and not classes:
+        raise CLIError("name a --preset (or give --classes-file)")
+    spec = RunSpec(data=args.data, out=args.out, shots=args.shots, seed=args.seed, preset=args.preset,
+                   protocol=protocol, epochs=args.epochs, split_file=args.split_file, exact=args.exact,
+                   teacher=args.teacher, class_position=args.class_position,
+                   classes=tuple(classes) if classes else None, descriptions=_descriptions(args),
+                   batch_size=args.batch_size, lr=args.lr, views=args.views, l1=args.l1, kl=args.kl,
+                   visual_layout=args.visual_layout, data_description=args.data_description or "")
     backbone = _backbone(args)
-    class_names, records = _load_data(args, setup.class_names, "train")
-    if not same_classes(class_names, setup.class_names):
-        print(f"warning: training on the data's classes {class_names}, not the preset's", file=sys.stderr)
-    base_ids, novel_ids = base_novel_split(len(class_names)) if protocol == "base2novel" else (list(range(len(class_names))), [])
-    train_records = few_shot([r for r in records if r.label in base_ids], args.shots, args.seed)
-    full_setup = _subset_setup(setup, class_names, range(len(class_names)))
-    setup = _subset_setup(setup, class_names, base_ids)
-    weights = LossWeights(
-        args.l1 if args.l1 is not None else setup.loss_weights.l1,
-        args.kl if args.kl is not None else setup.loss_weights.kl,
-    )
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                         mode="exact" if args.exact else "fast", views=args.views, loss_weights=weights)
-    data = LabelledImages.from_records(train_records, setup.class_names)
-    print(f"training on {len(data)} images of {len(setup.class_names)} classes ({config.mode} mode)", file=sys.stderr)
+    print(f"training {args.shots}-shot {protocol} ({'exact' if args.exact else 'fast'} mode)", file=sys.stderr)
 
     def on_step(info):
         if info.step == info.steps_per_epoch - 1:
             print(f"epoch {info.epoch + 1}/{info.epochs}  loss {info.loss['total']:.4f}  lr {info.lr:.2e}  "
                   f"{info.elapsed_s:.1f}s", file=sys.stderr)
 
-    visual = VisualPromptConfig(layout=args.visual_layout)
-    outcome = train_prompts(backbone, setup, data, config, on_step=on_step, teacher_mode=args.teacher, visual=visual)
-    metrics = {}
-    if _split_file(args):
-        _, test = _load_data(args, class_names, "test")
-        metrics = _test_metrics(outcome, full_setup, class_names, test, base_ids, novel_ids, weights, backbone)
-        if protocol == "base2novel":
-            metrics["harmonic_mean"] = harmonic_mean(metrics["base_accuracy"], metrics["novel_accuracy"])
-        print("test: " + json.dumps(metrics), file=sys.stderr)
-    description = args.data_description or "Not described by the person who trained it."
-    out = save_trained(args.out, outcome, setup, config, metrics,
-                       data_description=f"{description} ({len(data)} training images, {args.shots} shots per class, "
-                                        f"from {Path(args.data).name}.)",
-                       protocol=protocol, training_extra={"shots": args.shots, "data": Path(args.data).name})
-    print(str(out))
+    result = run_training(spec, backbone, on_step=on_step, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
+    if result.metrics:
+        print("test: " + json.dumps(result.metrics), file=sys.stderr)
+    print(str(result.folder))
     return 0
-
-
-def _subset_setup(setup, class_names, ids):
-    """The setup restricted to (and named after) the data's classes ``ids``."""
-    from dataclasses import replace
-
-    names = [class_names[i] for i in ids]
-    return replace(setup, class_names=names, descriptions=_resolve(setup, names))
-
-
-def _resolve(setup, names):
-    """Descriptions of ``names``: the setup's own (user overrides included), else the preset bank."""
-    from .descriptions import resolve_descriptions
-
-    return resolve_descriptions(names, setup.preset.name if setup.preset else None, setup.descriptions)
-
-
-def _test_metrics(outcome, setup, class_names, test, base_ids, novel_ids, weights, backbone) -> dict:
-    from .data import LabelledImages
-    from .evaluate import evaluate_features
-    from .features import encode_images
-    from .prompt_bank import build_prompt_bank
-    from .teacher import build_teacher
-
-    metrics = {}
-    for tag, ids in (("base", base_ids), ("novel", novel_ids)):
-        if not ids:
-            continue
-        names = [class_names[i] for i in ids]
-        remap = {old: new for new, old in enumerate(ids)}
-        recs = [r for r in test if r.label in remap]
-        if not recs:
-            continue
-        data = LabelledImages.from_records(recs, names)
-        labels = torch_tensor([remap[r.label] for r in recs])
-        outcome.model.prompt_learner.set_classes(names)  # same ctx, these class names
-        feats = encode_images(outcome.model, data.images)
-        desc = _resolve(setup, names)
-        teacher = build_teacher(build_prompt_bank(backbone, names, setup.templates, desc), "mean")
-        ev = evaluate_features(outcome.model, feats, labels, teacher.features(), weights)
-        key = "accuracy" if not novel_ids else f"{tag}_accuracy"
-        metrics[key] = ev.accuracy
-        metrics[f"{tag}_per_class" if novel_ids else "per_class"] = ev.per_class
-    outcome.model.prompt_learner.set_classes([class_names[i] for i in base_ids])
-    return metrics
-
-
-def torch_tensor(values):
-    import torch
-
-    return torch.tensor(values, dtype=torch.long)
 
 
 def cmd_evaluate(args) -> int:
@@ -273,7 +203,7 @@ def cmd_evaluate(args) -> int:
 def cmd_import_dassl(args) -> int:
     from .checkpoint import import_dassl, write_checkpoint
 
-    ckpt = import_dassl(args.file, args.preset, args.method, args.backbone)
+    ckpt = import_dassl(args.file, args.preset, args.method, args.backbone, class_position=args.class_position)
     print(str(write_checkpoint(ckpt, args.out)))
     return 0
 
@@ -315,6 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log progress of the library")
     sub = p.add_subparsers(dest="command", required=True)
 
+    def class_position(sp, default="end"):
+        sp.add_argument("--class-position", choices=["end", "middle"], default=default,
+                        help="class word-piece at the end of the prompt, or the reference's 'middle' "
+                             f"(default {default})")
+
     def common(sp, preset_required=False):
         sp.add_argument("--backbone", help="hf-hub:ORG/REPO, local-dir:PATH or tiny (default: $DPT_BACKBONE or BiomedCLIP)")
         sp.add_argument("--preset", required=preset_required, help="dataset preset, e.g. btmri")
@@ -328,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--checkpoint", help="folder, hf-hub:ORG/REPO[/SUB][@REV] or .pth.tar")
     sp.add_argument("--top", type=int, default=10, help="prompts listed under contributions")
     sp.add_argument("--json", action="store_true")
+    class_position(sp)  # for the checkpoint-less prompt; a checkpoint records its own
     sp.set_defaults(func=cmd_predict)
 
     sp = sub.add_parser("train", help="learn the prompt context on a few-shot set")
@@ -348,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--l1", type=float, help="override lambda_L1")
     sp.add_argument("--kl", type=float, help="override lambda_KL")
     sp.add_argument("--visual-layout", choices=["reference", "insert"], default="reference")
+    class_position(sp)
     sp.add_argument("--data-description", help="what the training images are (source, licence, population); "
                                                "goes into the model card")
     sp.set_defaults(func=cmd_train)
@@ -369,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("file")
     sp.add_argument("--preset", required=True)
     sp.add_argument("--method", choices=["biomeddpt", "biomedcoop"], default="biomeddpt")
+    sp.add_argument("--class-position", choices=["end", "middle"],
+                    help="default: middle for biomeddpt (what the reference's runs used), end for biomedcoop")
     sp.add_argument("--backbone")
     sp.add_argument("--out", required=True)
     sp.set_defaults(func=cmd_import_dassl)

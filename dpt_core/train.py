@@ -328,3 +328,8 @@ def _cache_views(model: BiomedDPT, data: LabelledImages, config: TrainConfig, st
         views.append(encode_images(model, data.images, aug, should_stop=stop))
     return torch.stack(views)
 
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Dassl's steps per epoch: the last partial batch is dropped, unless there is less than one batch."""
+    return n // batch_size if n >= batch_size else 1
