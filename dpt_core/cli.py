@@ -159,6 +159,33 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _int_list(text: str, what: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise CLIError(f"{what} must be comma-separated integers, not {text!r}") from None
+
+
+def cmd_sweep(args) -> int:
+    from .sweep import SweepSpec, run_sweep
+
+    protocol = args.protocol.replace("-", "_")
+    datasets = () if args.datasets.strip().lower() == "all" else tuple(
+        d.strip().lower() for d in args.datasets.split(",") if d.strip())
+    spec = SweepSpec(root=args.root, out=args.out, protocol=protocol, datasets=datasets,
+                     shots=_int_list(args.shots, "--shots") if args.shots else (),
+                     seeds=_int_list(args.seeds, "--seeds"), epochs=args.epochs, backbone=args.backbone,
+                     exact=not args.fast, teacher=args.teacher, class_position=args.class_position,
+                     descriptions=_descriptions(args), gpus_per_run=args.gpus_per_run,
+                     cpus_per_run=args.cpus_per_run)
+    report = run_sweep(spec, address=args.address, on_line=lambda line: print(line, flush=True))
+    print(f"{len(report.finished)} finished, {len(report.skipped)} skipped, {len(report.failed)} failed "
+          f"in {report.wall_s:.1f}s", file=sys.stderr)
+    for o in report.failed:
+        print(f"failed: {o.name}: {o.error}", file=sys.stderr)
+    return min(len(report.failed), 100)  # the exit status is the number of failed runs
+
+
 def cmd_evaluate(args) -> int:
     from .data import LabelledImages
     from .evaluate import evaluate_features
@@ -221,7 +248,7 @@ def cmd_aggregate(args) -> int:
     from .results import aggregate, render_markdown
 
     result = aggregate(args.runs)
-    if not result["few_shot"] and not result["base2novel"]:
+    if not result["groups"]:
         raise CLIError(f"no trained checkpoints with metrics under {args.runs}")
     if args.json:
         _print_json(result)
@@ -318,6 +345,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--token", help="default: $HF_TOKEN or the stored login")
     sp.add_argument("--public", action="store_true", help="create the repo public (default private)")
     sp.set_defaults(func=cmd_push)
+
+    sp = sub.add_parser("sweep", help="the paper's runs (datasets x shots x seeds) on Ray, resumable")
+    sp.add_argument("--root", required=True, help="folder with BiomedCoOp's dataset folders (BTMRI/, BUSI/, ...)")
+    sp.add_argument("--protocol", choices=["few-shot", "base2novel"], default="few-shot")
+    sp.add_argument("--datasets", default="all", help="comma-separated presets, or all")
+    sp.add_argument("--shots", help="comma-separated K (default 1,2,4,8,16; base2novel 16)")
+    sp.add_argument("--seeds", default="1,2,3")
+    sp.add_argument("--out", required=True, help="RUNS folder; runs go to RUNS/<protocol>/<preset>/shots_K/seed_S")
+    sp.add_argument("--epochs", type=int, help="default: the paper's (100 few-shot, 50 base2novel)")
+    sp.add_argument("--backbone", help="hf-hub:ORG/REPO, local-dir:PATH or tiny (default: BiomedCLIP)")
+    sp.add_argument("--fast", action="store_true", help="cached-views fast mode instead of the exact recipe")
+    sp.add_argument("--teacher", choices=["mean", "ranked"], default="mean")
+    class_position(sp)
+    sp.add_argument("--descriptions", help="JSON {class: [sentences]}, e.g. from import-descriptions")
+    sp.add_argument("--address", help="join this Ray cluster (default: local Ray in this process)")
+    sp.add_argument("--gpus-per-run", type=float, default=0.0, help="GPU share per run, may be fractional")
+    sp.add_argument("--cpus-per-run", type=int, default=1, help="CPUs (and torch threads) per run")
+    sp.set_defaults(func=cmd_sweep)
 
     sp = sub.add_parser("aggregate", help="paper-style tables from a folder of trained checkpoints")
     sp.add_argument("runs")
