@@ -1,4 +1,5 @@
-"""Command line: ``python -m dpt_core predict | train | evaluate | import-dassl | push | aggregate | write-backbone``.
+"""Command line: ``python -m dpt_core predict | train | sweep | evaluate | import-dassl | import-descriptions |
+push | publish | aggregate | write-backbone``.
 
 The flags and the ``--json`` outputs are a stable contract (see README).
 Errors are one line on stderr and exit status 1 (2 for usage errors).
@@ -235,12 +236,39 @@ def cmd_import_dassl(args) -> int:
     return 0
 
 
+def cmd_import_descriptions(args) -> int:
+    from .descriptions import validate_descriptions
+    from .reference_prompts import import_reference_descriptions, summary
+
+    bank, unmatched = import_reference_descriptions(args.file, args.preset, args.n_prompts)
+    validate_descriptions(bank, source=Path(args.file).name)  # the result must load as a descriptions file
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(bank, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if unmatched:
+        print(f"warning: {len(unmatched)} key(s) match no class and were left out: {', '.join(unmatched)}",
+              file=sys.stderr)
+    print(f"{out} ({summary(bank)})")
+    return 0
+
+
 def cmd_push(args) -> int:
     from .checkpoint import read_folder
     from .hub import push_folder
 
     read_folder(args.checkpoint)  # refuse to publish something that would not load
     print(push_folder(args.checkpoint, args.repo, token=args.token or os.environ.get("HF_TOKEN"), private=not args.public))
+    return 0
+
+
+def cmd_publish(args) -> int:
+    from .publish import publish
+    from .registry import REGISTRY_PATH
+
+    result = publish(args.runs, args.org, repo=args.repo, public=args.public, dry_run=args.dry_run,
+                     token=args.token or os.environ.get("HF_TOKEN"), registry_path=args.registry or REGISTRY_PATH)
+    where = "dry run, nothing uploaded" if args.dry_run else result.url
+    print(f"{len(result.runs)} run(s) -> {result.repo_id} ({where}); registry: {result.registry}")
     return 0
 
 
@@ -339,6 +367,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True)
     sp.set_defaults(func=cmd_import_dassl)
 
+    sp = sub.add_parser("import-descriptions",
+                        help="convert the reference's prompt_templates.py into a descriptions file (parsed, never run)")
+    sp.add_argument("file", help="the reference's trainers/prompt_templates.py")
+    sp.add_argument("--out", required=True, help="descriptions JSON to write")
+    sp.add_argument("--preset", help="keep only this preset's classes")
+    sp.add_argument("--n-prompts", type=int, default=50, help="sentences kept per class (the reference's 50)")
+    sp.set_defaults(func=cmd_import_descriptions)
+
     sp = sub.add_parser("push", help="upload a checkpoint folder with its model card")
     sp.add_argument("checkpoint")
     sp.add_argument("--repo", required=True, help="ORG/NAME")
@@ -363,6 +399,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--gpus-per-run", type=float, default=0.0, help="GPU share per run, may be fractional")
     sp.add_argument("--cpus-per-run", type=int, default=1, help="CPUs (and torch threads) per run")
     sp.set_defaults(func=cmd_sweep)
+
+    sp = sub.add_parser("publish", help="upload finished runs to one Hub repo and add them to the registry")
+    sp.add_argument("runs", help="RUNS folder written by sweep (or train)")
+    sp.add_argument("--org", required=True, help="Hub user or organisation")
+    sp.add_argument("--repo", default="biomed-dpt-zoo", help="repository name (default biomed-dpt-zoo)")
+    sp.add_argument("--public", action="store_true", help="create the repo public (default private)")
+    sp.add_argument("--dry-run", action="store_true", help="write the cards and registry entries, upload nothing")
+    sp.add_argument("--registry", help="registry file to update (default checkpoints/registry.json)")
+    sp.add_argument("--token", help="default: $HF_TOKEN or the stored login")
+    sp.set_defaults(func=cmd_publish)
 
     sp = sub.add_parser("aggregate", help="paper-style tables from a folder of trained checkpoints")
     sp.add_argument("runs")
