@@ -299,3 +299,36 @@ def test_merge_entries_replaces_same_id_and_keeps_the_rest():
     merged = merge_entries(reg, [{"id": "b", "v": 2}, {"id": "c", "v": 2}])
     assert merged["_comment"] == "c"
     assert merged["checkpoints"] == [{"id": "a", "v": 1}, {"id": "b", "v": 2}, {"id": "c", "v": 2}]
+
+
+# ------------------------------------------------------------------------------------ CLI flags
+
+def test_train_on_biomedcoop_layout_records_the_run(busi, tmp_path, capsys):
+    code = main(["train", "--backbone", "tiny", "--preset", "busi", "--data", str(busi), "--shots", "2",
+                 "--epochs", "1", "--seed", "2", "--class-position", "middle", "--out", str(tmp_path / "ck")])
+    capsys.readouterr()
+    assert code == 0
+    cfg = json.loads((tmp_path / "ck" / "config.json").read_text())
+    rows = json.loads((busi / "split_BUSI.json").read_text())["train"]
+    assert cfg["class_token_position"] == "middle" and cfg["training"]["class_position"] == "middle"
+    assert cfg["data"]["train_images"] == dassl_draw(rows, 2, 2)
+    assert (cfg["training"]["shots"], cfg["training"]["seed"], cfg["training"]["steps_per_epoch"]) == (2, 2, 1)
+    assert "accuracy" in cfg["metrics"] and read_folder(tmp_path / "ck").class_position == "middle"
+
+
+def test_predict_class_position_for_the_checkpoint_less_prompt(busi, tiny, capsys):
+    from dpt_core.descriptions import resolve_descriptions
+    from dpt_core.imageio import load_image
+    from dpt_core.predictor import Predictor
+
+    image = next((busi / "BUSI" / "benign_tumor").iterdir())
+    logits = {}
+    for position in ("end", "middle"):
+        assert main(["predict", str(image), "--backbone", "tiny", "--preset", "busi", "--json",
+                     "--class-position", position]) == 0
+        logits[position] = json.loads(capsys.readouterr().out)["results"][0]["logits"]
+    p = load_preset("busi")
+    direct = Predictor(tiny, p.classes, p.templates, resolve_descriptions(p.classes, "busi", None),
+                       template=p.template, n_ctx=p.n_ctx, class_position="middle")
+    assert logits["middle"] == pytest.approx(direct.predict([load_image(image).image])[0].logits, abs=1e-4)
+    assert logits["middle"] != pytest.approx(logits["end"], abs=1e-4)
