@@ -31,8 +31,8 @@ def main() -> None:
     args = ap.parse_args()
 
     import ray
-
     from biomedcoop_bench import write_benchmark
+
     from dpt_core.sweep import SweepSpec, run_sweep
 
     repo = str(Path(__file__).resolve().parent.parent)

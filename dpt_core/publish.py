@@ -10,7 +10,6 @@ written locally and the registry entries too - nothing touches the network.
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,11 +55,13 @@ def render_zoo_card(repo_id: str, entries: list[dict]) -> str:
     rows = []
     for e in entries:
         m, r = e["metrics"], e["recipe"]
+        pct = {k: 100 * m.get(k, float("nan"))
+               for k in ("accuracy", "base_accuracy", "novel_accuracy", "harmonic_mean")}
         if e["protocol"] == "base2novel":
-            score = (f"base {100 * m.get('base_accuracy', float('nan')):.2f} / novel "
-                     f"{100 * m.get('novel_accuracy', float('nan')):.2f} / HM {100 * m.get('harmonic_mean', float('nan')):.2f}")
+            score = (f"base {pct['base_accuracy']:.2f} / novel {pct['novel_accuracy']:.2f} / "
+                     f"HM {pct['harmonic_mean']:.2f}")
         else:
-            score = f"{100 * m.get('accuracy', float('nan')):.2f}"
+            score = f"{pct['accuracy']:.2f}"
         path = e["id"].removeprefix(f"{HF_PREFIX}{repo_id}/")
         rows.append(f"| `{path}` | {e['preset']} | {e['protocol']} | {e['shots']} | {e['seed']} | {score} | "
                     f"{r['mode']}, teacher {r['teacher']}, class {r['class_position']}, {r['epochs']} epochs |")

@@ -24,7 +24,12 @@ N_PROMPTS = 50  # the reference's TRAINER.BIOMEDDPT.N_PROMPTS
 
 def _literal_dict(tree: ast.Module, name: str, source: str) -> dict:
     for node in tree.body:
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AnnAssign):
+            targets = [node.target]
+        else:
+            continue
         if any(isinstance(t, ast.Name) and t.id == name for t in targets) and node.value is not None:
             try:
                 value = ast.literal_eval(node.value)  # literals only: nothing is evaluated

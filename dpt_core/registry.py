@@ -109,7 +109,8 @@ def default_checkpoint(preset: str | None, entries: Iterable[RegistryEntry] | No
 def entry_for_run(checkpoint_id: str, config: Mapping[str, Any]) -> dict[str, Any]:
     """The registry entry (JSON) of a published run, from its ``config.json``."""
     tr = config.get("training") or {}
-    preset, protocol, shots, seed = config.get("preset"), tr.get("protocol", "few_shot"), tr.get("shots"), tr.get("seed")
+    preset, protocol = config.get("preset"), tr.get("protocol", "few_shot")
+    shots, seed = tr.get("shots"), tr.get("seed")
     method = METHOD_NAMES.get(config.get("method", ""), config.get("method", ""))
     kind = f"{shots}-shot" if protocol == "few_shot" else "base-to-novel, base classes"
     metrics = {k: v for k, v in (config.get("metrics") or {}).items() if isinstance(v, (int, float))}

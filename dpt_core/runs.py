@@ -19,8 +19,17 @@ from typing import Callable, Mapping, Sequence
 import torch
 
 from .backbone import Backbone
-from .data import (DataError, ImageRecord, LabelledImages, few_shot, file_sha256, find_split_file,
-                   read_split_file, resolve_split_file, scan_image_folder)
+from .data import (
+    DataError,
+    ImageRecord,
+    LabelledImages,
+    few_shot,
+    file_sha256,
+    find_split_file,
+    read_split_file,
+    resolve_split_file,
+    scan_image_folder,
+)
 from .descriptions import resolve_descriptions, same_classes
 from .evaluate import base_novel_split, evaluate_features, harmonic_mean
 from .features import encode_images
@@ -78,7 +87,9 @@ class RunResult:
     history: list[dict] = field(default_factory=list)
 
 
-def _split_records(spec: RunSpec, class_names: Sequence[str], split: str) -> tuple[list[str], list[ImageRecord], Path | None]:
+def _split_records(spec: RunSpec, class_names: Sequence[str],
+                   split: str) -> tuple[list[str], list[ImageRecord], Path | None]:
+    """(class names, records, split file or None) of the split file in ``spec.data``, else of an image folder."""
     split_file = resolve_split_file(spec.data, spec.split_file) if spec.split_file else find_split_file(spec.data)
     if split_file is not None:
         names, records = read_split_file(spec.data, split_file, split)

@@ -215,7 +215,8 @@ def run_sweep(spec: SweepSpec, address: str | None = None, on_line: Callable[[st
         try:
             outcome = ray.get(ready[0])
         except Exception as exc:  # the worker died (out of memory, killed): that run failed
-            outcome = Outcome(job.name, False, error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            first_line = str(exc).splitlines()[0] if str(exc) else ""
+            outcome = Outcome(job.name, False, error=f"{type(exc).__name__}: {first_line}")
         left = len(pending)
         if outcome.ok:
             report.finished.append(outcome)

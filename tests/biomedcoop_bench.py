@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-
 from conftest import class_image
 
 # preset -> (folder, class names in label order, file stem per class)

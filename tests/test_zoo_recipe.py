@@ -10,8 +10,8 @@ from collections import OrderedDict
 import pytest
 import torch
 import torch.nn.functional as F
-
 from biomedcoop_bench import DATASETS, write_dataset
+
 from dpt_core import data as data_module
 from dpt_core.checkpoint import import_dassl, load_checkpoint, make_config, read_folder, save_checkpoint
 from dpt_core.ckpt_config import CheckpointConfig, is_complete_run
@@ -19,8 +19,14 @@ from dpt_core.cli import main
 from dpt_core.data import DataError, few_shot, find_split_file, read_split_file
 from dpt_core.model import BiomedDPT
 from dpt_core.presets import load_preset
-from dpt_core.registry import (RegistryEntry, checkpoint_choices, default_checkpoint, grouped_by_preset,
-                               merge_entries, picker_label)
+from dpt_core.registry import (
+    RegistryEntry,
+    checkpoint_choices,
+    default_checkpoint,
+    grouped_by_preset,
+    merge_entries,
+    picker_label,
+)
 from dpt_core.results import aggregate
 from dpt_core.train import steps_per_epoch
 

@@ -8,13 +8,13 @@ import json
 import shutil
 
 import pytest
-
 from biomedcoop_bench import corrupt, write_benchmark
+from test_zoo_recipe import dassl_draw
+
 from dpt_core.cli import main
 from dpt_core.registry import read_registry
 from dpt_core.sweep import SweepSpec, run_sweep
 from dpt_core.train import TrainConfig, lr_at
-from test_zoo_recipe import dassl_draw
 
 ray = pytest.importorskip("ray", reason="the sweep needs ray (requirements-dev.txt)")
 pytestmark = pytest.mark.slow
