@@ -25,7 +25,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .backbone import Backbone
-from .ckpt_config import FORMAT_VERSION, METHODS, library_versions, new_config  # noqa: F401 (re-exported)
+from .ckpt_config import (  # noqa: F401 (FORMAT_VERSION, METHODS, library_versions: re-exported)
+    FORMAT_VERSION,
+    METHODS,
+    CheckpointConfig,
+    library_versions,
+    new_config,
+)
 from .hub import HF_PREFIX, download_file, parse_hub_id
 from .model import BiomedDPT
 from .presets import Preset, load_preset
@@ -69,6 +75,11 @@ class PromptCheckpoint:
     @property
     def teacher_mode(self) -> str:
         return self.config["teacher"]["mode"]
+
+    @property
+    def settings(self) -> CheckpointConfig:
+        """The config as the frozen dataclass (``config`` is its JSON form)."""
+        return CheckpointConfig.from_dict(self.config)
 
     @property
     def class_position(self) -> str:

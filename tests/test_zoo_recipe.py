@@ -136,6 +136,7 @@ def test_class_position_is_recorded_and_honoured(tiny, tmp_path):
     folder = save_checkpoint(tmp_path / "ck", model, make_config(model, preset=p))
     ckpt = read_folder(folder)
     assert ckpt.config["class_token_position"] == "middle" and ckpt.class_position == "middle"
+    assert ckpt.settings.class_token_position == "middle" and ckpt.settings.preset == "btmri"
     assert torch.allclose(ckpt.build_model(tiny).encode_prompts(), model.encode_prompts(), atol=1e-6)
 
 
