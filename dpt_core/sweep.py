@@ -116,9 +116,17 @@ def plan(spec: SweepSpec) -> tuple[list[Job], list[str]]:
     if spec.cpus_per_run < 1 or spec.gpus_per_run < 0:
         raise SweepError("--cpus-per-run must be >= 1 and --gpus-per-run >= 0")
     device = "cuda" if spec.gpus_per_run > 0 else "cpu"
-    jobs, skipped = [], []
+    folders, missing = {}, []
     for preset in datasets:
-        folder = dataset_folder(spec.root, preset)
+        try:
+            folders[preset] = dataset_folder(spec.root, preset)
+        except SweepError:
+            missing.append(DATASET_FOLDERS.get(preset, preset))
+    if missing:
+        raise SweepError(f"{spec.root} lacks the dataset folder(s) {', '.join(missing)} "
+                         "(BiomedCoOp's layout: ROOT/<NAME>/split_<NAME>.json); name the ones you have with --datasets")
+    jobs, skipped = [], []
+    for preset, folder in folders.items():
         for k in spec.shots or DEFAULT_SHOTS[spec.protocol]:
             for seed in spec.seeds:
                 name = f"{spec.protocol}/{preset}/shots_{k}/seed_{seed}"

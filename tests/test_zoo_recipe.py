@@ -339,3 +339,11 @@ def test_predict_class_position_for_the_checkpoint_less_prompt(busi, tiny, capsy
                        template=p.template, n_ctx=p.n_ctx, class_position="middle")
     assert logits["middle"] == pytest.approx(direct.predict([load_image(image).image])[0].logits, abs=1e-4)
     assert logits["middle"] != pytest.approx(logits["end"], abs=1e-4)
+
+
+def test_sweep_without_the_dataset_folders_is_one_error_line(busi, tmp_path, capsys):
+    code = main(["sweep", "--root", str(busi.parent), "--datasets", "busi,btmri,retina", "--out", str(tmp_path),
+                 "--backbone", "tiny"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: ") and err.count("\n") == 1
+    assert "BTMRI, RETINA" in err and "BUSI" not in err.split("folder(s)")[1].split("(")[0]
