@@ -144,3 +144,32 @@ def test_publish_dry_run_writes_cards_and_registry(few_shot_runs, tmp_path, caps
     card = (out / "few_shot/busi/shots_2/seed_1/README.md").read_text()
     assert "## Recipe" in card and "split_BUSI.json" in card and "not a medical device" in card
     assert "few_shot/btmri/shots_1/seed_1" in (out / "README.md").read_text()
+
+
+def test_publish_uploads_every_run_to_one_private_repo(few_shot_runs, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from dpt_core.publish import publish
+
+    calls = {}
+
+    class FakeApi:  # records what would be sent; no network
+        def __init__(self, token=None):
+            calls["token"] = token
+
+        def create_repo(self, repo_id, private, exist_ok, repo_type):
+            calls["create"] = (repo_id, private)
+            return f"https://hub.example/{repo_id}"
+
+        def upload_folder(self, folder_path, repo_id, allow_patterns, commit_message, repo_type):
+            calls["upload"] = (folder_path, repo_id, sorted(allow_patterns))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    _, out, _, _ = few_shot_runs
+    result = publish(out, "someone", token="t", registry_path=tmp_path / "registry.json")
+    assert calls["create"] == ("someone/biomed-dpt-zoo", True)
+    folder, repo, files = calls["upload"]
+    assert folder == str(out) and repo == "someone/biomed-dpt-zoo"
+    assert "README.md" in files and len(files) == 1 + 3 * 4
+    assert "few_shot/btmri/shots_2/seed_1/prompts.safetensors" in files
+    assert result.url == "https://hub.example/someone/biomed-dpt-zoo" and len(result.entries) == 4
