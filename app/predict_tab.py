@@ -36,6 +36,7 @@ from dpt_core.registry import default_checkpoint, entry
 from dpt_core.workflow import ClassSetup
 
 from . import formatting as fmt
+from .description_proposal import ACCEPT_LABEL, proposal_view
 from .examples import EXAMPLES_DIR, ShippedExamples, examples_markdown, load_examples
 from .services import CUSTOM, Services
 from .session import trained_checkpoints
@@ -291,16 +292,15 @@ class PredictController:
 
     @user_errors("generate descriptions")
     def on_generate(self, preset: str | None, table: Any, class_name: str | None, backend: str,
-                    n: float, token: str | None, model: str | None) -> tuple[pd.DataFrame, str, str]:
+                    n: float, token: str | None, model: str | None) -> tuple[str, str]:
+        """A proposal in the one-class box; the table changes only when the user applies it."""
         if not class_name:
             raise ValueError("choose the class to describe")
         setup = self.setup_from_table(preset, table)
         if class_name not in setup.class_names:
             raise ValueError(f"{reprlib.repr(class_name)} is not in the class table")
         result = self.services.generate_descriptions(setup, class_name, backend, int(n), token, model)
-        new_table = fmt.replace_descriptions(table, class_name, result.sentences)
-        note = f"{len(result.sentences)} sentences for **{fmt.escape(class_name)}**. {fmt.escape(result.note)}"
-        return new_table, "\n".join(result.sentences), note
+        return proposal_view(class_name, result)
 
     @user_errors("load the checkpoint")
     def on_checkpoint(self, checkpoint: str | None, preset: str | None, table: Any, state: dict | None) -> tuple:
@@ -535,7 +535,7 @@ def create_predict_tab(services: Services, session: gr.State) -> PredictHandles:
                 with gr.Row():
                     names = fmt.class_choices(initial)
                     gen_class = gr.Dropdown(names, value=names[0], label="Class", allow_custom_value=True, scale=2)
-                    apply_btn = gr.Button("Apply to the table", scale=1)
+                    apply_btn = gr.Button(ACCEPT_LABEL, scale=1)
                 desc_box = gr.Textbox(fmt.descriptions_text(initial, names[0]),
                                       label="Descriptions, one sentence per line",
                                       lines=5, max_lines=12)
@@ -601,7 +601,7 @@ def create_predict_tab(services: Services, session: gr.State) -> PredictHandles:
     gen_class.change(ctl.on_class_pick, [table, gen_class], [desc_box], show_progress="hidden", **private)
     apply_btn.click(ctl.on_apply, [table, gen_class, desc_box], [table], **private)
     gen_btn.click(ctl.on_generate, [preset, table, gen_class, gen_backend, gen_n, gen_token, gen_model],
-                  [table, desc_box, gen_note], **private)
+                  [desc_box, gen_note], **private)
     inputs = [image, frame, preset, checkpoint, table, session]
     predict_btn.click(ctl.on_predict, inputs,
                       [label, sources, modality_md, contrib_class, contrib_plot, contrib_table, target, pred_state],

@@ -30,11 +30,9 @@ from dpt_core.describe import (
     GenerationResult,
     make_generator,
 )
-from dpt_core.descriptions import load_bank
 from dpt_core.explain import Explanation, attention_rollout, gradcam
 from dpt_core.modality import ModalityCheck, check_modality
 from dpt_core.predictor import Prediction, Predictor
-from dpt_core.presets import list_presets
 from dpt_core.prompt_bank import encode_cached
 from dpt_core.registry import entry as registry_entry
 from dpt_core.workflow import ClassSetup, setup_classes
@@ -131,7 +129,7 @@ class Services:
         self._predictors = _LRU(predictor_cache)
         self._checkpoints = _LRU(checkpoint_cache)
         self._generators = _LRU(1)  # a local LLM is large: keep one
-        self._retrievers = _LRU(16)  # per preset: each keeps its bank and the bank's embeddings
+        self._retrievers = _LRU(1)  # one over all shipped banks; it keeps their embeddings
         self._examples = _LRU(example_cache)  # predictions on the shipped examples (lazy example caching)
         self.train_lock = threading.Lock()  # the Few-shot tab: one training at a time per process
         self.calls = calls or CALLS  # how model work runs: see app.device
@@ -345,16 +343,12 @@ class Services:
     def describe_here(self, preset: str | None, request: GenerationRequest, backend: str,
                       model: str) -> GenerationResult:
         if backend == "retrieval":
-            return self._retrievers.get_or_build(preset, lambda: self._retrieval(preset)).generate(request)
+            return self._retrievers.get_or_build("shipped", self._retrieval).generate(request)
         generator = self._generators.get_or_build(model, lambda: make_generator("local", model=model))
         return generator.generate(request)
 
-    def _retrieval(self, preset: str | None):
-        # The chosen preset's bank first (exact and nearest matches prefer it), then every other bank.
-        bank: dict[str, list[str]] = {}
-        for name in ([preset] if preset else []) + list_presets():
-            for cls, sentences in load_bank(name).items():
-                bank.setdefault(cls, sentences)
+    def _retrieval(self):
+        # Every shipped bank; the generator itself keeps to the request's modality.
         # With random weights an embedding match is noise; word overlap is at least honest.
         embed = None if self.backbone.random_weights else (lambda texts: encode_cached(self.backbone, texts))
-        return make_generator("retrieval", bank=bank, embed=embed)
+        return make_generator("retrieval", embed=embed)

@@ -1,5 +1,5 @@
 """Command line: ``python -m dpt_core predict | train | sweep | evaluate | import-dassl | import-descriptions |
-push | publish | aggregate | write-backbone``.
+push | publish | aggregate | write-backbone | rank-banks``.
 
 The flags and the ``--json`` outputs are a stable contract (see README).
 Errors are one line on stderr and exit status 1 (2 for usage errors).
@@ -293,6 +293,15 @@ def cmd_write_backbone(args) -> int:
     return 0
 
 
+def cmd_rank_banks(args) -> int:
+    from .bank_ranking import rank_banks_into_manifest
+
+    section = rank_banks_into_manifest(_backbone(args), args.preset or None, args.manifest)
+    n = sum(len(r["order"]) for b in section["banks"].values() for r in b["classes"].values())
+    print(f"ranked {n} sentences of {len(section['banks'])} bank(s) with {section['backbone']}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -420,6 +429,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True)
     sp.add_argument("--seed", type=int, default=0)
     sp.set_defaults(func=cmd_write_backbone)
+
+    sp = sub.add_parser("rank-banks", help="rank the shipped description banks' sentences into the MANIFEST")
+    sp.add_argument("--backbone", help="a backbone with real weights (default: $DPT_BACKBONE or BiomedCLIP)")
+    sp.add_argument("--preset", action="append", help="rank only this bank (repeatable; default: all)")
+    sp.add_argument("--manifest", help="write here instead of the shipped MANIFEST.json")
+    sp.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    sp.set_defaults(func=cmd_rank_banks)
     return p
 
 

@@ -28,6 +28,14 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from .bank_search import (
+    BankClass,
+    BankSearch,
+    Miss,
+    bank_classes_from_mapping,
+    shipped_bank_classes,
+)
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_HF_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -411,86 +419,63 @@ def _pipeline_text(output: Any) -> str:
 
 # --------------------------------------------------------------------------- retrieval fallback
 
-_STOPWORDS = frozenset({"a", "an", "the", "of", "in", "on", "and", "or", "with", "to", "for", "scan", "image"})
-
-
 def _key(name: str) -> str:
     """Case-, underscore- and hyphen-insensitive class key."""
     return " ".join(name.lower().replace("_", " ").replace("-", " ").split())
 
 
-def _words(name: str) -> set[str]:
-    return set(re.findall(r"[a-z0-9]+", name.lower())) - _STOPWORDS
-
-
 class RetrievalGenerator:
-    """Offline fallback: sentences of the same or the nearest class in the shipped bank."""
+    """Offline fallback: the sentences of the same or a similar class in the shipped banks.
+
+    Only banks of the request's modality are searched, and a weak or ambiguous match is
+    an error that says so (``bank_search`` holds the rules). ``bank`` is either a list of
+    ``BankClass`` (each tagged with its modality; default: every shipped bank) or a plain
+    ``{class: sentences}`` mapping, taken as a bank of the request's own modality.
+    """
 
     name = "retrieval"
 
     def __init__(
         self,
-        bank: Mapping[str, Sequence[str]],
+        bank: Mapping[str, Sequence[str]] | Sequence[BankClass] | None = None,
         embed: Callable[[list[str]], torch.Tensor] | None = None,
+        **search_options: float,
     ) -> None:
-        self.bank = {name: [s.strip() for s in sents if s and s.strip()] for name, sents in bank.items()}
+        self.bank = shipped_bank_classes() if bank is None else bank
         self.embed = embed
-        # Classes without sentences can't answer anything: leave them out of the lookup.
-        self._by_key = {_key(name): name for name, sents in self.bank.items() if sents}
-        self._bank_emb: dict[str, torch.Tensor] = {}  # by modality, since the phrases include it
+        self._options = search_options
+        self._searches: dict[str, BankSearch] = {}  # by modality for a plain mapping, else one
+
+    def _search(self, modality: str, organ: str) -> BankSearch:
+        if not isinstance(self.bank, Mapping):
+            key = ""
+            classes: Sequence[BankClass] = self.bank
+        else:
+            key = f"{modality.strip().casefold()}|{organ.strip().casefold()}"
+            classes = bank_classes_from_mapping(self.bank, modality, organ)
+        if key not in self._searches:
+            self._searches[key] = BankSearch(classes, self.embed, **self._options)
+        return self._searches[key]
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
-        exact = self._by_key.get(_key(request.class_name))
-        if exact is not None:
-            note = f"Retrieved from the shipped description bank (class: {exact}), not generated."
-            return GenerationResult(self.bank[exact][: request.n], self.name, note)
-
-        match = self._nearest(request)
-        if match is None:
+        found = self._search(request.modality, request.organ).search(request.class_name, request.modality)
+        asked = _readable(request.class_name)
+        if isinstance(found, Miss):
             raise GenerationError(
-                f"'{request.class_name}' is not in the shipped description bank and no similar "
-                "class was found. Use a language model to generate descriptions, or write them."
+                f"'{asked}': {found.reason}. Use a language model to generate descriptions, or write them."
             )
-        note = (
-            f"Retrieved from the shipped description bank (nearest class: {match}), not generated. "
-            f"'{_readable(request.class_name)}' is not in the bank: these sentences describe "
-            f"'{match}', review them before use."
-        )
-        return GenerationResult(self.bank[match][: request.n], self.name, note)
-
-    def _nearest(self, request: GenerationRequest) -> str | None:
-        names = list(self._by_key.values())
-        if not names:
-            return None
-        if self.embed is not None:
-            try:
-                return self._nearest_by_embedding(request, names)
-            except Exception as exc:  # noqa: BLE001 - the fallback itself must not fail
-                logger.warning("embedding class names failed (%s); using word overlap", exc)
-        query = _words(request.class_name)
-        scores = [len(query & _words(n)) / (len(query | _words(n)) or 1) for n in names]
-        best = max(range(len(names)), key=scores.__getitem__)
-        return names[best] if scores[best] > 0 else None
-
-    def _nearest_by_embedding(self, request: GenerationRequest, names: list[str]) -> str:
-        # The same "{name} in {modality}" phrasing on both sides keeps the comparison like-for-like.
-        def phrase(name: str) -> str:
-            return f"{_readable(name)} in {request.modality}" if request.modality.strip() else _readable(name)
-
-        cache_key = request.modality.strip().lower()
-        if cache_key not in self._bank_emb:
-            self._bank_emb[cache_key] = self._embed([phrase(n) for n in names])
-        query = self._embed([phrase(request.class_name)])
-        sims = (self._bank_emb[cache_key] @ query[0]).tolist()
-        best = max(range(len(names)), key=sims.__getitem__)
-        logger.info("nearest bank class to %r: %r (cosine %.3f)", request.class_name, names[best], sims[best])
-        return names[best]
-
-    def _embed(self, phrases: list[str]) -> torch.Tensor:
-        assert self.embed is not None
-        with torch.no_grad():
-            emb = torch.as_tensor(self.embed(phrases), dtype=torch.float32).reshape(len(phrases), -1)
-        return torch.nn.functional.normalize(emb, dim=-1)
+        c = found.bank_class
+        source = f"the shipped {c.preset} bank" if c.preset else "the shipped description bank"
+        if found.method == "exact":
+            note = f"Retrieved from {source} (class: {c.name}), not generated; review before accepting."
+        else:
+            via = "its sentence" if found.evidence != c.name else "its name"
+            note = (
+                f"Retrieved from {source} (nearest class: {c.name}, matched by {found.method} on {via} "
+                f"\"{found.evidence}\", score {found.score:.2f}), not generated. '{asked}' is not in the bank: "
+                f"these sentences describe '{c.name}'; review them before accepting."
+            )
+        return GenerationResult(list(c.sentences[: request.n]), self.name, note)
 
 
 # --------------------------------------------------------------------------- factory

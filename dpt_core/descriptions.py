@@ -133,7 +133,13 @@ def write_manifest() -> dict[str, str]:
     doc = {"_comment": "sha256 of each description bank file; checkpoints record the hash of the bank "
                        "that taught them. Update with: python -m dpt_core.descriptions",
            "sha256": hashes}
-    MANIFEST.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    from .bank_ranking import RANKING_KEY, keep_fresh  # local: bank_ranking imports this module
+
+    old = json.loads(MANIFEST.read_text(encoding="utf-8")) if MANIFEST.is_file() else {}
+    ranking = keep_fresh(old.get(RANKING_KEY), hashes)  # a ranking of an edited bank is dropped
+    if ranking:
+        doc[RANKING_KEY] = ranking
+    MANIFEST.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return hashes
 
 

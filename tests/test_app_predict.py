@@ -355,17 +355,24 @@ def test_one_class_text_editor(ctl, btmri_table):
     assert picker["value"] == "glioma tumor" and picker["choices"] == ["glioma tumor", "meningioma tumor"]
 
 
-def test_generate_descriptions_with_the_shipped_bank(ctl, btmri_table):
-    table, text, note = ctl.on_generate("btmri", btmri_table, "glioma tumor", "retrieval", 5, None, None)
+def test_generated_descriptions_are_a_proposal_until_applied(ctl, btmri_table):
+    text, note = ctl.on_generate("btmri", btmri_table, "glioma tumor", "retrieval", 5, None, None)
+    assert len(text.splitlines()) == 5 and "not generated" in note and "Proposal" in note
+    assert "Apply to the table" in note  # the note names the button that accepts it
+    # accepting is the one-class editor's apply: only then the table changes, for that class only
+    table = ctl.on_apply(btmri_table, "glioma tumor", text)
     cell = table.loc[table[fmt.CLASS_COL] == "glioma tumor", fmt.DESC_COL].item()
-    assert len(fmt.split_descriptions(cell)) == 5 and "not generated" in note
-    assert text.splitlines() == fmt.split_descriptions(cell)
-    assert table.iloc[1, 1] == btmri_table.iloc[1, 1]  # other classes untouched
-    # a class the bank lacks: the nearest one, and the note says so
+    assert fmt.split_descriptions(cell) == text.splitlines()
+    assert table.iloc[1, 1] == btmri_table.iloc[1, 1]
+    # a class the bank lacks: the nearest one of the same modality, and the note says so
     table2 = btmri_table.copy()
     table2.loc[9] = ["pituitary adenoma", ""]
-    table2, _, note2 = ctl.on_generate("btmri", table2, "pituitary adenoma", "retrieval", 3, None, None)
-    assert "nearest class" in note2
+    _, note2 = ctl.on_generate("btmri", table2, "pituitary adenoma", "retrieval", 3, None, None)
+    assert "nearest class: pituitary tumor" in note2
+    # nothing similar in the MRI bank: a clear message, never another modality's class
+    table2.loc[9] = ["basal cell carcinoma", ""]
+    assert "no similar class in the shipped banks" in error_of(
+        ctl.on_generate, "btmri", table2, "basal cell carcinoma", "retrieval", 3, None, None)
     assert "choose the class" in error_of(ctl.on_generate, "btmri", btmri_table, None, "retrieval", 3, None, None)
 
 

@@ -19,7 +19,7 @@ from dpt_core.presets import list_presets, load_preset
 
 # Banks whose rewrite to these rules (issue 13) has not landed yet; each is an expected failure
 # with its reason. Remove a name as soon as its bank is rewritten.
-PENDING_PART2 = {"kneexray", "kvasir", "lungcolon", "octmnist", "retina"}  # on the part-2 branch
+PENDING_PART2: set[str] = set()  # part 2 (kneexray kvasir lungcolon octmnist retina) is rewritten
 
 PENDING_PART1: set[str] = set()  # part 1 (btmri busi chmnist covid ctkidney dermamnist) is rewritten
 

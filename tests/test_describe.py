@@ -254,21 +254,22 @@ def test_retrieval_exact_match_is_case_and_underscore_insensitive():
 
 
 def test_retrieval_nearest_by_embedding():
-    vectors = {"glioma tumor": [1.0, 0.0, 0.0], "kidney stone": [0.0, 3.0, 0.0],
-               "melanoma": [0.0, 0.0, 1.0], "renal calculus": [0.1, 5.0, 0.2]}
+    vectors = {"glioma tumor in CT": [1.0, 0.0, 0.0], "kidney stone in CT": [0.0, 3.0, 0.0],
+               "melanoma in CT": [0.0, 0.0, 1.0], "kidney concretion in CT": [0.1, 5.0, 0.2]}
     seen: list[list[str]] = []
 
     def embed(phrases: list[str]) -> torch.Tensor:
         seen.append(phrases)
-        return torch.tensor([vectors[p.removesuffix(" in CT")] for p in phrases])
+        return torch.tensor([vectors.get(p, [0.0, 0.0, 0.1]) for p in phrases])
 
     gen = RetrievalGenerator(BANK, embed=embed)
-    result = gen.generate(GenerationRequest("renal_calculus", "CT", "kidney"))
+    result = gen.generate(GenerationRequest("kidney_concretion", "CT", "kidney"))
     assert result.sentences == ["Stone sentence."]
-    assert "nearest class: kidney stone" in result.note and "not generated" in result.note
-    assert seen[-1] == ["renal calculus in CT"]
-    gen.generate(GenerationRequest("renal calculus", "CT", "kidney"))
-    assert len(seen) == 3  # the bank embedding is cached per modality
+    assert "nearest class: kidney stone" in result.note and "embedding" in result.note
+    assert "not generated" in result.note
+    assert "kidney concretion in CT" in seen[-1] and "Stone sentence." in seen[-1]  # names and sentences
+    gen.generate(GenerationRequest("kidney concretion", "CT", "kidney"))
+    assert len(seen) == 1  # every phrase is embedded once
 
 
 def test_retrieval_nearest_by_word_overlap():
@@ -278,7 +279,7 @@ def test_retrieval_nearest_by_word_overlap():
 
 
 def test_retrieval_without_any_match_fails():
-    with pytest.raises(GenerationError, match="not in the shipped description bank"):
+    with pytest.raises(GenerationError, match="no similar class in the shipped banks"):
         RetrievalGenerator(BANK).generate(GenerationRequest("of the pneumothorax", "X-ray", "chest"))
 
 
