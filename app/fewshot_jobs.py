@@ -57,7 +57,9 @@ from dpt_core.descriptions import class_key
 from dpt_core.evaluate import Evaluation
 from dpt_core.features import encode_images
 from dpt_core.hub import HubError, push_folder, valid_repo_id
-from dpt_core.imageio import ImageLoadError, load_image
+from dpt_core.imageio import ImageLoadError, frame_pixels, load_image
+from dpt_core.integrity import SEED_MAX
+from dpt_core.limits import BudgetError, check_pixel_budget, check_upload_pixels
 from dpt_core.losses import LossWeights
 from dpt_core.predictor import check_class_names
 from dpt_core.teacher import TEACHER_MODES, Teacher
@@ -179,6 +181,10 @@ class CardSummary:
 
 def summarize_card(paths: Sequence[str] | None, thumb_px: int = 96) -> CardSummary:
     """Decode each upload once for a thumbnail; unreadable files are listed, not raised."""
+    try:
+        _pixel_budget(list(paths or []))
+    except FewShotError as err:  # over budget: nothing is decoded, the card says why
+        return CardSummary([], 0, [str(err)])
     thumbs, problems = [], []
     for p in paths or []:
         try:
@@ -189,6 +195,14 @@ def summarize_card(paths: Sequence[str] | None, thumb_px: int = 96) -> CardSumma
         im.thumbnail((thumb_px, thumb_px))
         thumbs.append((im, Path(p).name))
     return CardSummary(thumbs, len(thumbs), problems)
+
+
+def _pixel_budget(paths: Sequence[str]) -> None:
+    """The decoded-pixel budget of one upload batch, checked from headers before decoding."""
+    try:
+        check_upload_pixels(paths)
+    except BudgetError as exc:
+        raise FewShotError(f"{str(exc)[0].upper()}{str(exc)[1:]}.") from None
 
 
 def check_consent(consent: bool) -> None:
@@ -211,6 +225,7 @@ def load_class_images(class_names: Sequence[str], files_per_class: Sequence[Sequ
     total = sum(_size(p) for f in files for p in f)
     if total > limits.max_total_bytes:
         raise FewShotError(f"The uploads add up to {_mb(total)}; the limit is {_mb(limits.max_total_bytes)}.")
+    _pixel_budget([p for f in files for p in f])
     images, labels, problems = [], [], []
     for label, (name, paths) in enumerate(zip(class_names, files)):
         for p in paths:
@@ -301,6 +316,7 @@ def import_zip(zip_path: str | Path, class_names: Sequence[str] | None, dest: st
             raise FewShotError(f"At most {limits.max_per_class} images per class; the zip has too many for: "
                                + ", ".join(too_many) + ".")
         out = Path(dest)
+        _pixel_budget_of_members(zf, [info for info, _ in members])  # from headers, before decoding
         decoded = [(info, label, _read_image_member(zf, info)) for info, label in members]
         for info, label, data in decoded:
             folder = out / f"{label:02d}"
@@ -390,6 +406,20 @@ def _match_folders(folders: list[str], class_names: Sequence[str] | None,
     return list(class_names), label, unknown
 
 
+def _pixel_budget_of_members(zf: zipfile.ZipFile, infos: Sequence[zipfile.ZipInfo]) -> None:
+    def pixels(info: zipfile.ZipInfo) -> int:
+        try:
+            with zf.open(info) as fh:
+                return frame_pixels(fh.read(info.file_size + 1))
+        except (ImageLoadError, *_READ_ERRORS):
+            return 0  # reported by the decode that follows
+
+    try:
+        check_pixel_budget(pixels(i) for i in infos)
+    except BudgetError as exc:
+        raise FewShotError(f"The zip was refused: {exc}.") from None
+
+
 def _read_image_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
     name = Path(info.filename).name
     try:
@@ -439,7 +469,7 @@ class TrainSettings:
         try:
             s = replace(self, epochs=int(self.epochs), views=int(self.views), lr=float(self.lr),
                         batch_size=int(self.batch_size), l1=float(self.l1), kl=float(self.kl), seed=int(self.seed))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
             raise FewShotError("Advanced settings: every field needs a number.") from None
         problems = []
         if not 1 <= s.epochs <= 200:
@@ -450,6 +480,8 @@ class TrainSettings:
             problems.append("the learning rate must be above 0 and at most 1")
         if s.l1 < 0 or s.kl < 0 or not (math.isfinite(s.l1) and math.isfinite(s.kl)):
             problems.append("loss weights must be 0 or more")
+        if not 0 <= s.seed <= SEED_MAX:
+            problems.append(f"the seed must be between 0 and {SEED_MAX}")
         if s.teacher not in TEACHER_MODES:
             problems.append(f"teacher must be one of {', '.join(TEACHER_MODES)}")
         if s.layout not in LAYOUTS:

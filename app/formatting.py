@@ -21,6 +21,7 @@ from dpt_core.imageio import ImageLoadError, LoadedImage
 from dpt_core.modality import ModalityCheck
 from dpt_core.predictor import Prediction, PromptContribution
 
+from .redact import hide_paths
 
 # The class table: one row per class, its descriptions in one cell separated by " | ".
 # (A Dataframe cell cannot take a line break while editing; " | " is easy to type and to read.)
@@ -229,7 +230,7 @@ def friendly_error(exc: BaseException) -> str | None:
     """The message to show for an expected error (HTML-escaped), or None for an unexpected one."""
     for kind, prefix in _PREFIXES:
         if isinstance(exc, kind):
-            text = clip_message(str(exc).strip() or type(exc).__name__)
+            text = clip_message(hide_paths(str(exc).strip()) or type(exc).__name__)  # no server paths
             message = prefix + text if prefix else text[:1].upper() + text[1:]
             if isinstance(exc, HubError) and ("offline" in text or "reach" in text):
                 message = message.rstrip(".") + "." + HUB_HINT

@@ -15,6 +15,7 @@ import gradio as gr
 
 from dpt_core.backbone import BackboneError
 
+from . import cleanup
 from . import formatting as fmt
 from .examples import EXAMPLES_DIR
 from .fewshot_tab import create_fewshot_tab
@@ -127,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("GRADIO_FLAGGING_MODE", "never")  # Blocks do not flag; belt and braces
+    cleanup.prepare(retention_s=CACHE_LIFETIME[1])  # sweep what killed runs left, own the uploads, handle SIGTERM
     if args.allow_local_checkpoints:
         from .predict_tab import ALLOW_LOCAL_ENV
 

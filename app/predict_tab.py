@@ -14,7 +14,6 @@ image file and a preset name and nothing else; the UI's own events are private.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import reprlib
@@ -28,6 +27,7 @@ from PIL import Image
 from dpt_core.descriptions import DescriptionsError, class_key, same_classes, validate_descriptions
 from dpt_core.explain import Explanation, overlay
 from dpt_core.imageio import LoadedImage, load_image
+from dpt_core.limits import parse_json_field
 from dpt_core.modality import header_mismatch
 from dpt_core.predictor import MAX_CLASSES, Prediction, check_class_names
 from dpt_core.presets import list_presets, load_preset
@@ -38,6 +38,7 @@ from dpt_core.workflow import ClassSetup
 from . import formatting as fmt
 from .description_proposal import ACCEPT_LABEL, proposal_view
 from .examples import EXAMPLES_DIR, ShippedExamples, examples_markdown, load_examples
+from .redact import example_at
 from .services import CUSTOM, Services
 from .session import trained_checkpoints
 
@@ -122,13 +123,10 @@ def parse_classes_text(text: str | None) -> list[str] | None:
     if not text:
         return None
     if text.startswith("["):
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"classes: not a valid JSON list ({exc.msg})") from None
-        if not isinstance(value, list):
-            raise ValueError("classes: expected a JSON list of names")
-        return [str(v) for v in value]
+        value = parse_json_field(text, "classes")  # bounded size and nesting
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError("classes: expected a JSON list of names (strings)")
+        return value
     parts = text.splitlines() if "\n" in text else text.split(",")
     return [p.strip() for p in parts if p.strip()]
 
@@ -139,9 +137,9 @@ def parse_descriptions_text(text: str | None) -> dict[str, list[str]] | None:
     if not text:
         return None
     try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DescriptionsError(f"descriptions: not valid JSON ({exc.msg})") from None
+        raw = parse_json_field(text, "descriptions")  # bounded size and nesting
+    except ValueError as exc:
+        raise DescriptionsError(str(exc)) from None
     return validate_descriptions(raw, source="descriptions")
 
 
@@ -230,7 +228,10 @@ class PredictController:
     def on_example(self, examples: list[dict[str, Any]], preset: str | None,
                    evt: gr.SelectData) -> tuple[str, str | None]:
         """A gallery click: its DICOM original when there is one, and its suggested preset."""
-        example = examples[int(evt.index)]
+        try:
+            example = example_at(examples, evt.index)  # any client can send any index
+        except ValueError:
+            raise gr.Error("No such example.", print_exception=False) from None
         file = example.get("dicom") or example["file"]
         return str(EXAMPLES_DIR / file), example.get("suggested_preset") or preset
 
@@ -545,9 +546,9 @@ def create_predict_tab(services: Services, session: gr.State) -> PredictHandles:
                                            value="retrieval", label="Generate with")
                     gen_n = gr.Slider(1, 30, value=10, step=1, label="Sentences")
                 with gr.Row():
-                    gen_model = gr.Textbox(label="Model id (HF Inference or local)", placeholder="default LLM")
+                    gen_model = gr.Textbox(label="Model id (from this server's list)", placeholder="the server's first listed model")
                     gen_token = gr.Textbox(label="HF token (used for this request only, never stored)",
-                                           type="password", placeholder="or set HF_TOKEN on the server")
+                                           type="password", placeholder="your own token (needed for HF Inference)")
                 gen_btn = gr.Button("Generate descriptions")
                 gen_note = gr.Markdown()
 

@@ -24,13 +24,14 @@ from dpt_core.backbone import DEFAULT_BACKBONE, Backbone, BackboneError, load_ba
 from dpt_core.checkpoint import PromptCheckpoint, check_backbone, load_checkpoint
 from dpt_core.data import LabelledImages
 from dpt_core.describe import (
-    DEFAULT_HF_MODEL,
-    GenerationError,
     GenerationRequest,
     GenerationResult,
     make_generator,
 )
 from dpt_core.explain import Explanation, attention_rollout, gradcam
+from dpt_core.genpolicy import check_generation_model, visitor_generator
+from dpt_core.hub import hub_token_for
+from dpt_core.limits import check_generation_count, check_text_budget
 from dpt_core.modality import ModalityCheck, check_modality
 from dpt_core.predictor import Prediction, Predictor
 from dpt_core.prompt_bank import encode_cached
@@ -179,12 +180,16 @@ class Services:
     ) -> ClassSetup:
         """Class setup from a preset (or ``custom``/None) with optional class and description overrides.
 
-        Raises ValueError (unknown preset, bad class list) and DescriptionsError.
+        Raises ValueError (unknown preset, bad class list), DescriptionsError and BudgetError.
         """
         preset = None if not preset_name or preset_name == CUSTOM else preset_name
         if preset is None and not class_names:
             raise ValueError("custom classes: add at least two class names to the table")
-        return setup_classes(preset, class_names or None, descriptions)
+        setup = setup_classes(preset, class_names or None, descriptions)
+        # The whole request's text cost, before any encoding (cached sentences are free).
+        cached = self._backbone.text_cache.__contains__ if self._backbone is not None else None  # stay lazy
+        check_text_budget(setup.class_names, setup.templates, setup.descriptions, cached or (lambda _t: False))
+        return setup
 
     def predictor(self, setup: ClassSetup, checkpoint_id: str | None = None,
                   checkpoint: PromptCheckpoint | None = None) -> Predictor:
@@ -229,7 +234,8 @@ class Services:
         method = known.method if known is not None else None
 
         def build() -> PromptCheckpoint:
-            ckpt = load_checkpoint(checkpoint_id, preset=preset, method=method)
+            # The server's token only for its own registry's checkpoints, never for a typed id.
+            ckpt = load_checkpoint(checkpoint_id, preset=preset, method=method, token=hub_token_for(known is not None))
             check_backbone(ckpt, self.backbone)
             return ckpt
 
@@ -316,19 +322,16 @@ class Services:
             class_name=class_name,
             modality=p.modality if p else "medical imaging",
             organ=p.organ if p else "",
-            n=int(n),
+            n=check_generation_count(n),  # any client may send any number
             other_classes=tuple(c for c in setup.class_names if c != class_name),
         )
         if backend == "hf-inference":
-            # Over the network, no model here. A fresh generator per call: the token is used
-            # for this request and never kept.
-            generator = make_generator("hf-inference", model=(model or "").strip() or DEFAULT_HF_MODEL,
-                                       token=(token or "").strip() or None)
-            return generator.generate(request)
-        model = (model or "").strip()
-        if backend == "local" and not model:
-            raise GenerationError("Name a local model: a folder with transformers weights or a Hub model id.")
-        return self.calls.describe(self.ref, p.name if p else None, request, backend, model).unwrap()
+            # Over the network, no model here. A fresh generator per call: the visitor's token is
+            # used for this request and never kept; the model comes from the server's allowlist.
+            return visitor_generator(backend, model, token).generate(request)
+        if backend == "local":
+            model = check_generation_model(backend, model)  # allowlisted, or GenerationError
+        return self.calls.describe(self.ref, p.name if p else None, request, backend, model or "").unwrap()
 
     # ------------------------------------------------------------------ few-shot training
     def run_fewshot(self, setup: ClassSetup, data: LabelledImages, settings: TrainSettings, out_dir: str | Path,

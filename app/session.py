@@ -23,6 +23,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from .cleanup import owned_temp_root
+
 log = logging.getLogger(__name__)
 
 _BASE: Path | None = None
@@ -36,7 +38,8 @@ def _base_dir() -> Path:
     global _BASE
     with _BASE_LOCK:
         if _BASE is None or not _BASE.is_dir():
-            _BASE = Path(tempfile.mkdtemp(prefix="dpt-sessions-"))  # mode 0700
+            # Inside the process's own folder, which the next start sweeps if this process is killed.
+            _BASE = Path(tempfile.mkdtemp(prefix="dpt-sessions-", dir=owned_temp_root()))  # mode 0700
             atexit.register(shutil.rmtree, _BASE, True)
         return _BASE
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .integrity import nonfinite_problem
 from .tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -188,6 +189,8 @@ def load_backbone(spec: str | None = None, device: torch.device | str | None = N
             kind, ident = parse_spec(spec)
             loader = {TINY: _load_tiny, "hf-hub": _load_hf_hub, "local-dir": _load_local_dir}[kind]
             backbone = loader(spec, ident)
+            if problem := nonfinite_problem(backbone.clip.state_dict()):  # damaged weights must not "predict"
+                raise BackboneError(f"the weights of {spec} are damaged: {problem}")
             _CACHE[key] = backbone.to(device)
         return _CACHE[key]
 

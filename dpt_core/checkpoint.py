@@ -33,6 +33,7 @@ from .ckpt_config import (  # noqa: F401 (FORMAT_VERSION, METHODS, library_versi
     new_config,
 )
 from .hub import HF_PREFIX, download_file, parse_hub_id
+from .integrity import config_problem, finite_json, tensor_problem
 from .model import BiomedDPT
 from .presets import Preset, load_preset
 from .visual import VisualPromptConfig
@@ -161,6 +162,8 @@ def validate(ckpt: PromptCheckpoint) -> None:
         raise CheckpointError(f"config.json lacks {', '.join(missing)}")
     if cfg["method"] not in METHODS:
         raise CheckpointError(f"unknown method {cfg['method']!r}")
+    if problem := config_problem(cfg) or tensor_problem(tensors):  # types and finite values, field named
+        raise CheckpointError(problem)
     unknown = sorted(set(tensors) - set(TENSOR_KEYS))
     if unknown:
         raise CheckpointError(f"unknown tensors in {TENSORS_NAME}: {', '.join(unknown)}")
@@ -236,7 +239,7 @@ def is_dassl_file(name: str) -> bool:
 
 
 def load_checkpoint(ckpt_id: str, preset: str | None = None, method: str | None = None,
-                    backbone_spec: str | None = None, token: str | None = None) -> PromptCheckpoint:
+                    backbone_spec: str | None = None, token: str | bool | None = None) -> PromptCheckpoint:
     """Load a checkpoint from a local folder, ``hf-hub:ORG/REPO[/SUB][@REV]`` or a ``.pth.tar``.
 
     ``preset`` (and ``method``) are needed only for Dassl files, which do not
@@ -308,6 +311,7 @@ def write_checkpoint(ckpt: PromptCheckpoint, out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / TENSORS_NAME),
               metadata={"format_version": str(FORMAT_VERSION)})
-    (out / CONFIG_NAME).write_text(json.dumps(ckpt.config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    (out / CARD_NAME).write_text(render_model_card(ckpt.config), encoding="utf-8")
+    config = finite_json(ckpt.config)  # NaN metrics become null: JSON has no NaN
+    (out / CONFIG_NAME).write_text(json.dumps(config, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
+    (out / CARD_NAME).write_text(render_model_card(config), encoding="utf-8")
     return out

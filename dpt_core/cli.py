@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Sequence
 
 from .descriptions import same_classes
+from .integrity import finite_json
+from .outpath import check_out_path, empty_classes, error_line
 
 log = logging.getLogger("dpt_core")
 
@@ -98,7 +100,7 @@ def _load_data(args, class_names, split: str):
 
 
 def _print_json(obj) -> None:
-    json.dump(obj, sys.stdout, indent=2, ensure_ascii=False)
+    json.dump(finite_json(obj), sys.stdout, indent=2, ensure_ascii=False, allow_nan=False)  # JSON has no NaN
     sys.stdout.write("\n")
 
 
@@ -136,6 +138,7 @@ def cmd_train(args) -> int:
     from .runs import RunSpec, run_training
 
     protocol = args.protocol.replace("-", "_")
+    check_out_path(args.out, args.overwrite)  # before training: a result must never be lost at the end
     classes = _read_classes_file(args.classes_file) if getattr(args, "classes_file", None) else None
     if not args.preset and not classes:
         raise CLIError("name a --preset (or give --classes-file)")
@@ -155,7 +158,7 @@ def cmd_train(args) -> int:
 
     result = run_training(spec, backbone, on_step=on_step, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
     if result.metrics:
-        print("test: " + json.dumps(result.metrics), file=sys.stderr)
+        print("test: " + json.dumps(finite_json(result.metrics), allow_nan=False), file=sys.stderr)
     print(str(result.folder))
     return 0
 
@@ -231,6 +234,9 @@ def cmd_evaluate(args) -> int:
 def cmd_import_dassl(args) -> int:
     from .checkpoint import import_dassl, write_checkpoint
 
+    check_out_path(args.out, args.overwrite)
+    if not Path(args.file).is_file():
+        raise CLIError(f"{args.file}: no such file (import-dassl reads one .pth.tar file)")
     ckpt = import_dassl(args.file, args.preset, args.method, args.backbone, class_position=args.class_position)
     print(str(write_checkpoint(ckpt, args.out)))
     return 0
@@ -338,7 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--shots", type=int, required=True)
     sp.add_argument("--epochs", type=int, required=True)
     sp.add_argument("--seed", type=int, default=1)
-    sp.add_argument("--out", required=True)
+    sp.add_argument("--out", required=True, help="a new or empty folder for the checkpoint")
+    sp.add_argument("--overwrite", action="store_true", help="replace a previous checkpoint in --out")
     sp.add_argument("--teacher", choices=["mean", "ranked"], default="mean")
     sp.add_argument("--protocol", choices=["few-shot", "base2novel"], default="few-shot")
     sp.add_argument("--exact", action="store_true", help="paper recipe step by step (fresh augmentation each step)")
@@ -373,7 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--class-position", choices=["end", "middle"],
                     help="default: middle for biomeddpt (what the reference's runs used), end for biomedcoop")
     sp.add_argument("--backbone")
-    sp.add_argument("--out", required=True)
+    sp.add_argument("--out", required=True, help="a new or empty folder for the checkpoint")
+    sp.add_argument("--overwrite", action="store_true", help="replace a previous checkpoint in --out")
     sp.set_defaults(func=cmd_import_dassl)
 
     sp = sub.add_parser("import-descriptions",
@@ -451,5 +459,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (CLIError, BackboneError, CheckpointError, DataError, DescriptionsError, HubError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {error_line(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the CLI contract: one line, never a traceback
+        log.debug("unexpected error", exc_info=True)  # the trace, for a bug report, at debug level only
+        print(f"error: {error_line(exc)} ({type(exc).__name__})", file=sys.stderr)
         return 1

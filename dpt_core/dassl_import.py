@@ -38,6 +38,12 @@ __all__ = ["CheckpointFormatError", "UnsafeCheckpointError", "Opaque", "read_das
 # Dassl's prompt learners: CoOp-style `prompt_learner.ctx`, BiomedCoOp's bare `ctx`, DataParallel.
 _PREFERRED_KEYS = ("prompt_learner.ctx", "ctx", "module.prompt_learner.ctx")
 _MAX_KEYS_IN_ERRORS = 20
+# Every member is read with a cap before it is parsed: a tiny file must not inflate into
+# gigabytes ("decompression bomb"). data.pkl holds only metadata (a whole Dassl model's is
+# well under a megabyte); a prompt context is kilobytes, a whole-model storage is never read.
+MAX_PICKLE_BYTES = 16 * 2**20
+MAX_STORAGE_BYTES = 256 * 2**20
+_MAX_SMALL_BYTES = 64  # the "byteorder" record
 _STORAGE_DTYPES = {
     "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
     "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
@@ -119,7 +125,7 @@ class _LazyTensor:
             # Check the declared size first: never inflate an entry bigger than the pickle promised.
             if zf.getinfo(name).file_size != nbytes:
                 raise CheckpointFormatError(f"storage {ref.key!r} does not hold {ref.numel} {dtype} values")
-            raw = zf.read(name)
+            raw = read_member(zf, name, min(nbytes, MAX_STORAGE_BYTES))
         except KeyError:
             raise CheckpointFormatError(f"storage {ref.key!r} is missing from the archive") from None
         except zipfile.BadZipFile as exc:  # e.g. CRC mismatch: the file is damaged
@@ -216,35 +222,58 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return _StorageRef(key, storage_type.dtype, numel)
 
 
+def read_member(zf: zipfile.ZipFile, name: str, cap: int) -> bytes:
+    """A member's bytes, refused when its declared or actual size is over ``cap``.
+
+    The declared size is checked first; the stream is then read for at most ``cap + 1``
+    bytes, so a header that lies about the size cannot make us inflate more.
+    """
+    if zf.getinfo(name).file_size > cap:
+        raise CheckpointFormatError(f"{name.rsplit('/', 1)[-1]} is larger than the {cap // 2**20 or 1} MB this "
+                                    "reader accepts for it (a checkpoint does not need that much)")
+    with zf.open(name) as fh:
+        data = fh.read(cap + 1)
+    if len(data) > cap:
+        raise CheckpointFormatError(f"{name.rsplit('/', 1)[-1]} unpacks to more than it declares")
+    return data
+
+
+def _name(path: str | os.PathLike) -> str:
+    # Messages name the file, never its folder: they may reach a visitor, and paths are the server's.
+    return os.path.basename(os.fspath(path))
+
+
 def _open(path: str | os.PathLike) -> tuple[zipfile.ZipFile, str, Any]:
     """Open the archive and unpickle data.pkl; returns (zip, entry prefix, top-level object)."""
     path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointFormatError(f"{_name(path) or path}: no such file (a Dassl checkpoint is one .pth.tar file)")
     with open(path, "rb") as fh:
         head = fh.read(4)
     if not zipfile.is_zipfile(path):
         if head[:1] == b"\x80":  # legacy torch.save starts with a raw pickle (protocol opcode)
-            raise CheckpointFormatError(f"{path}: legacy (pre-1.6, non-zip) torch checkpoint is not supported; "
+            raise CheckpointFormatError(f"{_name(path)}: legacy (pre-1.6, non-zip) torch checkpoint is not supported; "
                                         "re-save it with a recent torch in an environment you trust")
-        raise CheckpointFormatError(f"{path}: not a PyTorch zip checkpoint")
+        raise CheckpointFormatError(f"{_name(path)}: not a PyTorch zip checkpoint")
     try:
         zf = zipfile.ZipFile(path)
     except zipfile.BadZipFile as exc:
-        raise CheckpointFormatError(f"{path}: corrupt zip archive ({exc})") from exc
+        raise CheckpointFormatError(f"{_name(path)}: corrupt zip archive ({exc})") from exc
     try:
         pkls = [n for n in zf.namelist() if n == "data.pkl" or (n.endswith("/data.pkl") and n.count("/") == 1)]
         if len(pkls) != 1:
-            raise CheckpointFormatError(f"{path}: expected one <archive>/data.pkl, found {len(pkls)}")
+            raise CheckpointFormatError(f"{_name(path)}: expected one <archive>/data.pkl, found {len(pkls)}")
         prefix = pkls[0][: -len("data.pkl")]
-        unpickler = _RestrictedUnpickler(zf.read(pkls[0]))
+        unpickler = _RestrictedUnpickler(read_member(zf, pkls[0], MAX_PICKLE_BYTES))
         try:
             obj = unpickler.load()
         except (CheckpointFormatError, UnsafeCheckpointError):
             raise
         except Exception as exc:  # malformed pickle: surface as a format error, keep the cause
-            raise CheckpointFormatError(f"{path}: cannot parse data.pkl ({exc})") from exc
+            raise CheckpointFormatError(f"{_name(path)}: cannot parse data.pkl ({exc})") from exc
         if unpickler.opaque_globals:
             logger.warning("%s references non-allowlisted globals, kept inert (not imported or run): %s",
-                           path, ", ".join(sorted(unpickler.opaque_globals)))
+                           _name(path), ", ".join(sorted(unpickler.opaque_globals)))
         return zf, prefix, obj
     except BaseException:
         zf.close()
@@ -255,9 +284,9 @@ def _state_dict(obj: Any, path: str | os.PathLike) -> Mapping:
     # Dassl wraps the weights in {"state_dict": ...}; a bare state dict is accepted as well.
     sd = obj.get("state_dict", obj) if isinstance(obj, Mapping) else obj
     if isinstance(sd, Opaque):
-        raise UnsafeCheckpointError(f"{os.fspath(path)}: state_dict is built by non-allowlisted {sd.name}")
+        raise UnsafeCheckpointError(f"{_name(path)}: state_dict is built by non-allowlisted {sd.name}")
     if not isinstance(sd, Mapping):
-        raise CheckpointFormatError(f"{os.fspath(path)}: no state_dict mapping (got {type(sd).__name__})")
+        raise CheckpointFormatError(f"{_name(path)}: no state_dict mapping (got {type(sd).__name__})")
     return sd
 
 
@@ -301,12 +330,13 @@ def read_dassl_context(path: str | os.PathLike, key: str | None = None) -> torch
             listed = ", ".join(list(tensors)[:_MAX_KEYS_IN_ERRORS]) or "none"
             more = f" (+{len(tensors) - _MAX_KEYS_IN_ERRORS} more)" if len(tensors) > _MAX_KEYS_IN_ERRORS else ""
             what = f"key {key!r} is not a tensor in" if key is not None else "no prompt context (ctx) in"
-            raise CheckpointFormatError(f"{os.fspath(path)}: {what} the state_dict; tensors found: {listed}{more}")
+            raise CheckpointFormatError(f"{_name(path)}: {what} the state_dict; tensors found: {listed}{more}")
         _check_context(key, tensors[key])
-        byteorder = zf.read(f"{prefix}byteorder").decode() if f"{prefix}byteorder" in zf.namelist() else sys.byteorder
+        byteorder = (read_member(zf, f"{prefix}byteorder", _MAX_SMALL_BYTES).decode(errors="replace")
+                     if f"{prefix}byteorder" in zf.namelist() else sys.byteorder)
         if byteorder not in ("little", "big"):
-            raise CheckpointFormatError(f"{os.fspath(path)}: unknown byteorder {byteorder!r}")
+            raise CheckpointFormatError(f"{_name(path)}: unknown byteorder {byteorder!r}")
         ctx = tensors[key].materialize(zf, prefix, byteorder)
-    logger.info("read prompt context %r %s (%s) from %s", key, list(ctx.shape), ctx.dtype, os.fspath(path))
+    logger.info("read prompt context %r %s (%s) from %s", key, list(ctx.shape), ctx.dtype, _name(path))
     # clone: never hand out a view that pins the whole (possibly shared) storage buffer
     return ctx.to(torch.float32).clone(memory_format=torch.contiguous_format)

@@ -239,17 +239,21 @@ class HFInferenceGenerator:
         token: str | None = None,
         timeout: float = 30.0,
         client: Any = None,
+        server_token: bool = True,
     ) -> None:
         self.model = model
         self.timeout = timeout
         self._token = token
+        # False for a request made for someone else: then HF_TOKEN / the stored login are never used.
+        self._server_token = server_token
         self._client = client  # injected in tests: any object with chat_completion(messages, ...)
 
     def __repr__(self) -> str:  # never show the token
         return f"HFInferenceGenerator(model={self.model!r}, timeout={self.timeout})"
 
     def _resolve_token(self) -> str | None:
-        for candidate in (self._token, os.environ.get("HF_TOKEN"), _stored_token()):
+        fallbacks = (os.environ.get("HF_TOKEN"), _stored_token()) if self._server_token else ()
+        for candidate in (self._token, *fallbacks):
             if candidate and candidate.strip():
                 return candidate.strip()
         return None

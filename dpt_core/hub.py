@@ -5,15 +5,32 @@ path ending in a file (e.g. ``.../model.pth.tar-100``) names that file.
 """
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 HF_PREFIX = "hf-hub:"
+log = logging.getLogger(__name__)
 
 
 class HubError(RuntimeError):
     """A Hub operation failed; the message says why in plain words."""
+
+
+# A revision is a branch or tag name, or a commit. Names may hold "/" ("refs/pr/1", "release/v2")
+# but every part starts with a letter, digit or "_": no "." or ".." part, no leading "/", no backslash.
+# Offline, huggingface_hub opens <cache>/refs/<revision> as a file, so anything looser reads
+# files outside the cache.
+_REVISION_PART = r"[A-Za-z0-9_][A-Za-z0-9_.\-]*"
+_REVISION = re.compile(rf"{_REVISION_PART}(?:/{_REVISION_PART})*")
+MAX_REVISION_CHARS = 128
+
+
+def valid_revision(revision: str) -> bool:
+    """Whether ``revision`` is a safe branch/tag name or commit hash (see ``_REVISION``)."""
+    return (len(revision) <= MAX_REVISION_CHARS and bool(_REVISION.fullmatch(revision))
+            and ".." not in revision and not revision.endswith((".", ".lock")))
 
 
 @dataclass(frozen=True)
@@ -29,18 +46,31 @@ class HubRef:
 
 
 def parse_hub_id(ckpt_id: str) -> HubRef:
+    """The one parser of ``hf-hub:`` ids: repo, path and revision are all checked here.
+
+    Error messages never repeat the id: it is the visitor's input, and a rejected one
+    may be crafted to look like a server path.
+    """
     body = ckpt_id[len(HF_PREFIX):] if ckpt_id.startswith(HF_PREFIX) else ckpt_id
     revision = None
     if "@" in body:
         body, revision = body.rsplit("@", 1)
         if not revision:
-            raise HubError(f"empty revision in {ckpt_id!r}")
+            raise HubError("empty revision after '@' in the Hub checkpoint id")
+        if not valid_revision(revision):
+            raise HubError("invalid revision in the Hub checkpoint id: use a branch or tag name "
+                           "(letters, digits, '_', '-', '.', '/' between parts) or a 40-character commit hash")
+    if "\\" in body or body.startswith("/"):
+        raise HubError("invalid Hub checkpoint id: expected hf-hub:ORG/REPO[/SUBFOLDER][@REVISION]")
     parts = [p for p in body.split("/") if p]
     if len(parts) < 2:
-        raise HubError(f"not a Hub checkpoint id: {ckpt_id!r} (expected hf-hub:ORG/REPO[/SUBFOLDER][@REVISION])")
+        raise HubError("not a Hub checkpoint id: expected hf-hub:ORG/REPO[/SUBFOLDER][@REVISION]")
     for p in parts:
-        if p in (".", "..") or not re.fullmatch(r"[\w.\-+]+", p):
-            raise HubError(f"invalid path component {p!r} in {ckpt_id!r}")
+        if p in (".", "..") or not re.fullmatch(r"[\w.\-+]+", p) or len(p) > 96:
+            raise HubError("invalid path component in the Hub checkpoint id: only letters, digits, "
+                           "'_', '-', '.', '+' (no '.' or '..' parts)")
+    if not valid_repo_id("/".join(parts[:2])):
+        raise HubError("invalid repository name in the Hub checkpoint id: expected ORG/REPO")
     return HubRef("/".join(parts[:2]), "/".join(parts[2:]), revision)
 
 
@@ -57,11 +87,18 @@ def _explain(exc: Exception, what: str) -> HubError:
         return HubError(f"{what}: repository not found or access denied (private repos need a token)")
     if "Connect" in name or "Timeout" in name:
         return HubError(f"{what}: could not reach the Hugging Face Hub")
-    return HubError(f"{what}: {name}: {text}")
+    # Anything else: the exception text may quote a local file or a cache path, so it is not
+    # repeated to the caller (the type name goes to the server log, the text does not).
+    log.warning("Hub download failed: %s", name)
+    return HubError(f"{what}: the download from the Hugging Face Hub failed ({name})")
 
 
-def download_file(ref: HubRef, filename: str | None = None, token: str | None = None) -> Path:
-    """One file of a Hub repo (``filename`` inside ``ref.path``, or ``ref.path`` itself) in the local cache."""
+def download_file(ref: HubRef, filename: str | None = None, token: str | bool | None = None) -> Path:
+    """One file of a Hub repo (``filename`` inside ``ref.path``, or ``ref.path`` itself) in the local cache.
+
+    ``token``: a token string; None for the token stored on this machine (``HF_TOKEN`` or a
+    login); False to send no token at all (a request made for someone else, see ``hub_token_for``).
+    """
     from huggingface_hub import hf_hub_download
 
     full = "/".join(p for p in (ref.path, filename or "") if p)
@@ -109,3 +146,16 @@ def push_runs(folder: str | Path, repo_id: str, files: list[str], token: str | N
     except Exception as exc:
         raise _explain(exc, f"push to {repo_id}") from exc
     return str(url)
+
+
+def hub_token_for(listed_by_server: bool, visitor_token: str | None = None) -> str | bool | None:
+    """The token a server may use to download a checkpoint on a visitor's behalf.
+
+    The visitor's own token when given (used for that request only); else the server's
+    stored token (None) only for an id the server itself lists (its registry), and no
+    token at all (False) for an id a visitor typed: a private repo of the server's owner
+    must never be readable through the server.
+    """
+    if visitor_token and visitor_token.strip():
+        return visitor_token.strip()
+    return None if listed_by_server else False

@@ -16,7 +16,9 @@ Rules this module keeps, and why:
   only their type is logged. (pydicom's own debug mode,
   ``pydicom.config.debug(True)``, logs every element it reads: never enable it in a
   deployment that sees real studies.) File names are not logged either: they are often
-  named after the patient.
+  named after the patient. pydicom's own warnings can quote a header value (e.g.
+  "Unknown encoding '<SpecificCharacterSet>'"), so its log records are rephrased into a
+  fixed sentence at debug level and its Python warnings are ignored (see ``_PydicomRedactor``).
 * **Pixel count is checked before any pixel is decoded.** Both PIL and pydicom parse the
   header first, so a 20000x20000 PNG of a few hundred bytes is refused without allocating
   its 400 MB.
@@ -33,6 +35,7 @@ import logging
 import os
 import re
 import struct
+import warnings
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -43,7 +46,36 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ImageLoadError", "LoadedImage", "load_image", "count_frames", "SUPPORTED_FORMATS"]
+__all__ = ["ImageLoadError", "LoadedImage", "load_image", "count_frames", "frame_pixels", "SUPPORTED_FORMATS"]
+
+
+class _PydicomRedactor(logging.Filter):
+    """Rewrites every record of the ``pydicom`` logger into one fixed sentence at debug level.
+
+    pydicom words its warnings with header values ("Unknown encoding 'X'", invalid value
+    'Y' for VR ...); only modality, body part and photometric interpretation may reach a
+    log. A header oddity is not something the server's operator can act on, hence debug.
+    """
+
+    TEXT = "pydicom reported an irregular DICOM header while decoding (details withheld: they may quote header values)"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args, record.exc_info, record.exc_text = self.TEXT, (), None, None
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        # The logger's level was checked against the original level: check again for debug.
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+def _redact_pydicom_messages() -> None:
+    # Process-wide on purpose: warnings.catch_warnings() around a decode is not thread-safe.
+    # Idempotent: the warnings module replaces an identical filter instead of adding one.
+    pydicom_log = logging.getLogger("pydicom")
+    if not any(isinstance(f, _PydicomRedactor) for f in pydicom_log.filters):
+        pydicom_log.addFilter(_PydicomRedactor())
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+
+
+_redact_pydicom_messages()
 
 # PIL formats we accept. An allowlist rather than "whatever PIL can open": some PIL
 # plugins (EPS) shell out to external programs, others are exotic attack surface.
@@ -130,6 +162,31 @@ def count_frames(source: str | os.PathLike | bytes) -> int:
             return _dicom_frames(_read_dicom_header(fp, force=True))
         except ImageLoadError as err:
             raise ImageLoadError(_with_name(name, str(err))) from None
+
+
+def frame_pixels(source: str | os.PathLike | bytes) -> int:
+    """Width x height of one frame of `source`, from the header alone (what a decode will cost).
+
+    Lets a caller budget a batch of uploads before decoding any of them; raises
+    :class:`ImageLoadError` like :func:`load_image`.
+    """
+    with _open_source(source) as (fp, name):
+        try:
+            if _has_dicom_preamble(fp):
+                return _dicom_pixels(_read_dicom_header(fp, force=False))
+            pil = _open_pil(fp, max_pixels=None)
+            if pil is not None:
+                return int(pil.width) * int(pil.height)
+            return _dicom_pixels(_read_dicom_header(fp, force=True))
+        except ImageLoadError as err:
+            raise ImageLoadError(_with_name(name, str(err))) from None
+
+
+def _dicom_pixels(header) -> int:
+    try:
+        return int(header.get("Rows", 0) or 0) * int(header.get("Columns", 0) or 0)
+    except (TypeError, ValueError):
+        raise ImageLoadError("this DICOM file is damaged or incomplete.") from None
 
 
 # --------------------------------------------------------------------------- source handling
@@ -296,6 +353,8 @@ def _composite_on_black(rgba: Image.Image) -> Image.Image:
 def _read_dicom_header(fp: IO[bytes], *, force: bool):
     """Parse everything except Pixel Data; pydicom's errors become ImageLoadError."""
     import pydicom  # local: importing pydicom costs time the PNG-only paths don't need
+
+    _redact_pydicom_messages()  # again before each DICOM: a warnings context may have reset the filters
 
     fp.seek(0)
     try:

@@ -22,6 +22,7 @@ from PIL import Image
 
 from .backbone import Backbone
 from .checkpoint import PromptCheckpoint
+from .limits import check_class_name_lengths
 from .combine import CombinationNet
 from .features import encode_images
 from .model import BiomedDPT
@@ -80,7 +81,10 @@ class Prediction:
 
 def check_class_names(class_names: Sequence[str]) -> list[str]:
     """Clean and validate a class list (the UI shows these messages as they are)."""
-    names = [" ".join(str(c).split()) for c in class_names]
+    if not all(isinstance(c, str) for c in class_names):  # e.g. JSON [{"a": 1}, null]: not names
+        raise ValueError("class names must be text")
+    names = [" ".join(c.split()) for c in class_names]
+    check_class_name_lengths(names)
     if any(not n for n in names):
         raise ValueError("class names cannot be empty")
     if len(names) < 2:

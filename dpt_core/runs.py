@@ -34,6 +34,7 @@ from .descriptions import resolve_descriptions, same_classes
 from .evaluate import base_novel_split, evaluate_features, harmonic_mean
 from .features import encode_images
 from .losses import LossWeights
+from .outpath import empty_classes
 from .prompt_bank import build_prompt_bank
 from .teacher import build_teacher
 from .train import StepInfo, TrainConfig
@@ -116,6 +117,8 @@ def run_training(
     setup = setup_classes(spec.preset, spec.classes, spec.descriptions, spec.protocol,
                           class_position=spec.class_position)
     class_names, records, split_file = _split_records(spec, setup.class_names, "train")
+    if empty := empty_classes(class_names, [r.label for r in records]):
+        raise DataError(f"no images for class(es): {', '.join(empty)} (empty or missing class folders)")
     if not same_classes(class_names, setup.class_names):
         warn(f"training on the data's classes {class_names}, not the preset's")
     all_ids = list(range(len(class_names)))

@@ -35,6 +35,7 @@ import torch
 
 from .data import LabelledImages, train_transform
 from .features import encode_images
+from .integrity import check_train_settings
 from .losses import LossWeights, dpt_loss
 from .model import BiomedDPT
 from .teacher import Teacher
@@ -64,6 +65,8 @@ class TrainConfig:
             raise ValueError(f"mode must be one of {MODES}, not {self.mode!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.views < 1:
             raise ValueError("epochs, batch_size and views must be >= 1")
+        check_train_settings(lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,  # NaN, seed range
+                             warmup_lr=self.warmup_lr, seed=self.seed, loss_weights=vars(self.loss_weights))
 
     def to_dict(self) -> dict:
         return asdict(self)

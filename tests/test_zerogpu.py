@@ -107,7 +107,9 @@ def test_predict_and_explain_match_in_process(local, zero):
     assert sim.CALLS.names()[before:] == ["_predict", "_explain", "_explain"]
 
 
-def test_descriptions_and_user_errors_cross_the_boundary(local, zero):
+def test_descriptions_and_user_errors_cross_the_boundary(local, zero, monkeypatch):
+    # The server's owner lists a local model that is not there: loading it fails inside the GPU call.
+    monkeypatch.setenv("DPT_GENERATION_MODELS", "no/such-local-model-folder")
     setup = local.setup("btmri")
     a = local.generate_descriptions(setup, "glioma tumor", "retrieval", 5)
     b = zero.generate_descriptions(setup, "glioma tumor", "retrieval", 5)
