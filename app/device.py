@@ -123,8 +123,10 @@ def _predict(ref: ServicesRef, setup, checkpoint_id, checkpoint, image, expected
     return _guarded(ref.get().predict_here, setup, checkpoint_id, checkpoint, image, expected_modality)
 
 
-def _explain(ref: ServicesRef, setup, checkpoint_id, checkpoint, image, method, target_class, phrase) -> Result:
-    return _guarded(ref.get().explain_here, setup, checkpoint_id, checkpoint, image, method, target_class, phrase)
+def _explain(ref: ServicesRef, setup, checkpoint_id, checkpoint, image, method, target_class, phrase,
+             faithfulness=False) -> Result:
+    return _guarded(ref.get().explain_here, setup, checkpoint_id, checkpoint, image, method, target_class, phrase,
+                    faithfulness)
 
 
 def _describe(ref: ServicesRef, preset, request, backend, model) -> Result:

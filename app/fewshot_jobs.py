@@ -51,6 +51,7 @@ import torch
 from PIL import Image
 
 from dpt_core.backbone import Backbone
+from dpt_core.calibration import Calibration, calibrate_features
 from dpt_core.checkpoint import CheckpointError, read_folder, write_checkpoint
 from dpt_core.data import LabelledImages
 from dpt_core.descriptions import class_key
@@ -536,6 +537,7 @@ class FewShotResult:
     no_check_reason: str  # why there is no held-out check ("" when there is one)
     timings: dict[str, float]
     random_weights: bool
+    calibration: Calibration | None = None  # fitted on the held-out images; None without a held-out check
 
     @property
     def epochs_completed(self) -> int:
@@ -629,7 +631,7 @@ def finish_run(backbone: Backbone, setup: ClassSetup, settings: TrainSettings, p
     fit_result = finish_fit(model, state)
     teacher = prepared.teacher.to(backbone.device)
     timings = dict(prepared.timings)
-    check = None
+    check, calibration = None, None
     if prepared.held_idx:
         channel.report(Status("checking", "Held-out check...", 1.0, elapsed_s=time.time() - prepared.started))
         t = time.perf_counter()
@@ -640,19 +642,21 @@ def finish_run(backbone: Backbone, setup: ClassSetup, settings: TrainSettings, p
             adapted=evaluate_on(model, held_feats, held_labels, teacher, config.loss_weights),
             zero_shot=evaluate_on(zero, held_feats, held_labels, teacher, config.loss_weights),
         )
+        calibration = calibrate_features(model, held_feats, held_labels,
+                                         source=f"{len(held_labels)} images held out of few-shot training")
         timings["check_s"] = time.perf_counter() - t
     reason = "" if check else no_check_reason(prepared.labels, setup.class_names)
     channel.report(Status("saving", "Saving the checkpoint...", 1.0, elapsed_s=time.time() - prepared.started))
     outcome = TrainOutcome(model, teacher, fit_result, len(prepared.train_idx))
     folder = save_trained(out_dir, outcome, setup, config,
                           _metrics(check, reason, fit_result.stopped, len(fit_result.history)),
-                          data_description=data_description.strip())
+                          data_description=data_description.strip(), calibration=calibration)
     return FewShotResult(
         folder=Path(folder), class_names=list(setup.class_names),
         preset=setup.preset.name if setup.preset else None, n_images=len(prepared.labels),
         n_train=len(prepared.train_idx), settings=settings, history=list(fit_result.history),
         stopped=fit_result.stopped, check=check, no_check_reason=reason, timings=timings,
-        random_weights=bool(backbone.random_weights),
+        random_weights=bool(backbone.random_weights), calibration=calibration,
     )
 
 

@@ -64,6 +64,7 @@ from .fewshot_jobs import (
 )
 from .formatting import clip_message, escape
 from .job_channel import FileChannel
+from . import trust_view
 from .services import CUSTOM, Services
 from .session import add_trained, new_session_state, session_dir
 
@@ -194,6 +195,8 @@ def summary_markdown(r: FewShotResult) -> str:
             f"({', '.join(map(str, c.per_class_counts))} per class): adapted prompt **{_pct(c.adapted.accuracy)}** "
             f"({right_a}/{c.n_images}) vs zero-shot prompt **{_pct(c.zero_shot.accuracy)}** ({right_z}/{c.n_images}). "
             f"Each image moves accuracy by {100 / c.n_images:.1f} points: a sanity check, not a validation.")
+        if r.calibration is not None:
+            lines.append(trust_view.ece_line(r.calibration))
     else:
         lines.append(escape(r.no_check_reason))
     if r.random_weights:

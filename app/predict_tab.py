@@ -24,6 +24,7 @@ import gradio as gr
 import pandas as pd
 from PIL import Image
 
+from dpt_core.calibration import COVERAGES, DEFAULT_COVERAGE
 from dpt_core.descriptions import DescriptionsError, class_key, same_classes, validate_descriptions
 from dpt_core.explain import Explanation, overlay
 from dpt_core.imageio import LoadedImage, load_image
@@ -36,6 +37,7 @@ from dpt_core.registry import default_checkpoint, entry
 from dpt_core.workflow import ClassSetup
 
 from . import formatting as fmt
+from . import trust_view
 from .description_proposal import ACCEPT_LABEL, proposal_view
 from .examples import EXAMPLES_DIR, ShippedExamples, examples_markdown, load_examples
 from .redact import example_at
@@ -222,8 +224,8 @@ class PredictController:
 
     @staticmethod
     def cleared_results() -> tuple:
-        """Label, sources, modality note, plot, contributions table, overlay, caption, states."""
-        return (None, None, "", None, None, None, "", None, None)
+        """Label, sources, modality note, plot, contributions table, overlay, caption, states, calibration."""
+        return (None, None, "", None, None, None, "", None, None, "")
 
     def on_example(self, examples: list[dict[str, Any]], preset: str | None,
                    evt: gr.SelectData) -> tuple[str, str | None]:
@@ -360,10 +362,11 @@ class PredictController:
 
     @user_errors("predict")
     def on_predict(self, path: FileValue, frame: Any, preset: str | None, checkpoint: str | None,
-                   table: Any, state: dict | None) -> tuple:
+                   table: Any, state: dict | None, coverage: Any = DEFAULT_COVERAGE) -> tuple:
+        coverage = trust_view.checked_coverage(coverage)
         req = self.resolve(path, frame, preset, checkpoint, table, state)
         outcome, header = self.run_predict(req)
-        pred, check = outcome.prediction, outcome.modality
+        pred, check = outcome.prediction.with_coverage(coverage), outcome.modality
         for note in (header, check.message if check.mismatch else None):
             if note:
                 gr.Warning(fmt.escape(note))
@@ -378,8 +381,17 @@ class PredictController:
             fmt.contributions_plot_frame(rows),
             fmt.contributions_table_frame(rows),
             gr.update(choices=[("Predicted class", PREDICTED)] + [(c, c) for c in pred.class_names], value=PREDICTED),
+            trust_view.calibration_markdown(pred),
             pred,  # kept to redraw the contributions for another class without recomputing
         )
+
+    @staticmethod
+    @user_errors("show the prediction set")
+    def on_coverage(coverage: Any, pred: Prediction | None) -> Any:
+        """Another coverage: the set redrawn from the last prediction (no recomputation)."""
+        if pred is None:
+            return gr.update()
+        return trust_view.calibration_markdown(pred.with_coverage(trust_view.checked_coverage(coverage)))
 
     @staticmethod
     def on_contrib_class(class_name: str | None, pred: Prediction | None) -> tuple:
@@ -389,17 +401,20 @@ class PredictController:
         return fmt.contributions_plot_frame(rows), fmt.contributions_table_frame(rows)
 
     # -------------------------------------------------------------- attention
-    def run_explain(self, req: PredictRequest, method: str, target: str | None, phrase: str | None) -> Explanation:
+    def run_explain(self, req: PredictRequest, method: str, target: str | None, phrase: str | None,
+                    faithfulness: bool = False) -> Explanation:
         target_class = None if not target or target == PREDICTED else target
-        return self.services.explain(req.setup, req.checkpoint, req.loaded.image, method, target_class, phrase)
+        return self.services.explain(req.setup, req.checkpoint, req.loaded.image, method, target_class, phrase,
+                                     faithfulness=bool(faithfulness))
 
     @user_errors("compute the attention map")
     def on_explain(self, path: FileValue, frame: Any, preset: str | None, checkpoint: str | None,
                    table: Any, state: dict | None, method: str, target: str | None, phrase: str | None,
-                   alpha: float) -> tuple[Image.Image, str, Explanation]:
+                   alpha: float, faithfulness: bool = False) -> tuple[Image.Image, str, Explanation]:
         req = self.resolve(path, frame, preset, checkpoint, table, state)
-        expl = self.run_explain(req, method, target, phrase)
-        return overlay(expl, float(alpha)), fmt.explanation_caption(expl), expl
+        expl = self.run_explain(req, method, target, phrase, faithfulness)
+        caption = "\n\n".join(t for t in (fmt.explanation_caption(expl), trust_view.faithfulness_line(expl)) if t)
+        return overlay(expl, float(alpha)), caption, expl
 
     @staticmethod
     def on_alpha(alpha: float, expl: Explanation | None) -> Any:
@@ -426,6 +441,7 @@ class PredictController:
         classes: str | None = None,
         descriptions: str | None = None,
         frame: float | None = None,
+        coverage: float | None = DEFAULT_COVERAGE,
     ) -> tuple[dict[str, float], dict[str, Any]]:
         """Classify one scan (PNG, JPEG, TIFF or DICOM) with a modality preset.
 
@@ -437,14 +453,17 @@ class PredictController:
             classes: "" for the preset's classes, else a JSON list or one name per line (or comma-separated).
             descriptions: "" for the shipped bank, else a JSON object {class: [sentences]}.
             frame: frame of a multi-frame file (0-based); empty or negative for the middle one.
+            coverage: of the prediction set of a calibrated checkpoint: 0.8, 0.9 (default) or 0.95.
         Returns:
             The label with confidences, and the details: probabilities per prompt source, top prompt
             contributions, modality check, image info.
         """
+        coverage = trust_view.checked_coverage(DEFAULT_COVERAGE if coverage is None else coverage)
         req = self._api_request(image, preset, checkpoint, classes, descriptions, frame)
         outcome, header = self.run_predict(req)
-        details = fmt.prediction_details(outcome.prediction, outcome.modality, req.loaded, req.checkpoint, header)
-        return fmt.label_value(outcome.prediction), details
+        pred = outcome.prediction.with_coverage(coverage)
+        details = fmt.prediction_details(pred, outcome.modality, req.loaded, req.checkpoint, header)
+        return fmt.label_value(pred), details
 
     @user_errors("compute the attention map")
     def api_explain(
@@ -458,6 +477,7 @@ class PredictController:
         classes: str | None = None,
         descriptions: str | None = None,
         frame: float | None = None,
+        faithfulness: bool | None = False,
     ) -> tuple[Image.Image, dict[str, Any]]:
         """Attention overlay of one scan (model attention, not lesion localisation).
 
@@ -471,6 +491,9 @@ class PredictController:
             classes: as for /predict.
             descriptions: as for /predict.
             frame: as for /predict.
+            faithfulness: true to add the deletion test of the map (8 extra forwards):
+                {"faithfulness": {"deletion_auc", "random_auc", "steps"}} in the info; lower
+                deletion AUC than random means the map points at what the model uses.
         Returns:
             The overlay image and a description of the map.
         """
@@ -478,8 +501,9 @@ class PredictController:
         target = " ".join((target or "").split())
         by_key = {class_key(c): c for c in req.setup.class_names}
         target_class, phrase = (by_key[class_key(target)], None) if class_key(target) in by_key else (None, target)
-        expl = self.run_explain(req, (method or "gradcam").strip().lower(), target_class, phrase)
-        return overlay(expl, DEFAULT_ALPHA if alpha is None else float(alpha)), fmt.explanation_info(expl)
+        expl = self.run_explain(req, (method or "gradcam").strip().lower(), target_class, phrase, bool(faithfulness))
+        return (overlay(expl, DEFAULT_ALPHA if alpha is None else float(alpha)),
+                {**fmt.explanation_info(expl), **trust_view.faithfulness_info(expl)})
 
 
 # ---------------------------------------------------------------------- layout
@@ -557,6 +581,10 @@ def create_predict_tab(services: Services, session: gr.State) -> PredictHandles:
         label = gr.Label(label="Prediction (learned prompt)", num_top_classes=10, elem_id="prediction-label")
         sources = gr.Dataframe(headers=fmt.SOURCE_HEADERS, label="Probability by prompt source", interactive=False,
                                wrap=True)
+    with gr.Row(equal_height=False):
+        calibration_md = gr.Markdown(elem_id="calibration")
+        coverage = gr.Radio([(f"{c:.0%}", c) for c in COVERAGES], value=DEFAULT_COVERAGE, scale=0, min_width=260,
+                            label="Prediction-set coverage (calibrated checkpoints)", elem_id="coverage")
     modality_md = gr.Markdown(elem_id="modality-check")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
@@ -579,6 +607,8 @@ def create_predict_tab(services: Services, session: gr.State) -> PredictHandles:
                                  label="Grad-CAM target class")
             phrase = gr.Textbox(label="…or a phrase (Grad-CAM towards this text instead)", max_lines=1)
             alpha = gr.Slider(0.0, 1.0, value=DEFAULT_ALPHA, step=0.05, label="Overlay opacity")
+            faithful = gr.Checkbox(False, label="Check faithfulness (deletion test, 8 extra forward passes)",
+                                   elem_id="faithfulness")
             explain_btn = gr.Button("Show attention", elem_id="explain-btn")
         with gr.Column(scale=5):
             overlay_img = gr.Image(label="Model attention, not lesion localisation", type="pil", format="png",
@@ -588,7 +618,8 @@ def create_predict_tab(services: Services, session: gr.State) -> PredictHandles:
     examples_state = gr.State(examples)
     pred_state = gr.State(None)
     expl_state = gr.State(None)
-    results = [label, sources, modality_md, contrib_plot, contrib_table, overlay_img, caption, pred_state, expl_state]
+    results = [label, sources, modality_md, contrib_plot, contrib_table, overlay_img, caption, pred_state, expl_state,
+               calibration_md]
     private = {"api_visibility": "private"}
 
     image.change(ctl.on_upload, [image], [frame, preview, image_info, *results], **private)
@@ -604,11 +635,14 @@ def create_predict_tab(services: Services, session: gr.State) -> PredictHandles:
     gen_btn.click(ctl.on_generate, [preset, table, gen_class, gen_backend, gen_n, gen_token, gen_model],
                   [desc_box, gen_note], **private)
     inputs = [image, frame, preset, checkpoint, table, session]
-    predict_btn.click(ctl.on_predict, inputs,
-                      [label, sources, modality_md, contrib_class, contrib_plot, contrib_table, target, pred_state],
+    predict_btn.click(ctl.on_predict, [*inputs, coverage],
+                      [label, sources, modality_md, contrib_class, contrib_plot, contrib_table, target,
+                       calibration_md, pred_state],
                       concurrency_id="model", concurrency_limit=4, **private)
+    coverage.change(ctl.on_coverage, [coverage, pred_state], [calibration_md], show_progress="hidden", **private)
     contrib_class.change(ctl.on_contrib_class, [contrib_class, pred_state], [contrib_plot, contrib_table], **private)
-    explain_btn.click(ctl.on_explain, [*inputs, method, target, phrase, alpha], [overlay_img, caption, expl_state],
+    explain_btn.click(ctl.on_explain, [*inputs, method, target, phrase, alpha, faithful],
+                      [overlay_img, caption, expl_state],
                       concurrency_id="model", **private)
     alpha.release(ctl.on_alpha, [alpha, expl_state], [overlay_img], **private)
 
@@ -625,16 +659,20 @@ def _api_endpoints(ctl: PredictController) -> None:
         classes = gr.Textbox(label="classes", value=None)
         descriptions = gr.Textbox(label="descriptions", value=None)
         frame = gr.Number(label="frame", value=None, precision=0)
+        coverage = gr.Number(label="coverage", value=DEFAULT_COVERAGE)
         target = gr.Textbox(label="target", value=None)
         method = gr.Textbox(label="method", value="gradcam")
         alpha = gr.Number(label="alpha", value=DEFAULT_ALPHA)
+        faithfulness = gr.Checkbox(label="faithfulness", value=False)
         label = gr.Label(label="prediction")
         details = gr.JSON(label="details")
         overlay_img = gr.Image(label="overlay", type="pil", format="png")
         info = gr.JSON(label="explanation")
         predict_btn = gr.Button("api predict")
         explain_btn = gr.Button("api explain")
-    predict_btn.click(ctl.api_predict, [image, preset, checkpoint, classes, descriptions, frame], [label, details],
+    predict_btn.click(ctl.api_predict, [image, preset, checkpoint, classes, descriptions, frame, coverage],
+                      [label, details],
                       api_name="predict", concurrency_id="model")
-    explain_btn.click(ctl.api_explain, [image, preset, target, method, alpha, checkpoint, classes, descriptions, frame],
+    explain_btn.click(ctl.api_explain, [image, preset, target, method, alpha, checkpoint, classes, descriptions, frame,
+                                        faithfulness],
                       [overlay_img, info], api_name="explain", concurrency_id="model")

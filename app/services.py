@@ -10,6 +10,7 @@ through ``app.device`` (a GPU call on ZeroGPU), which finds this object again by
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -29,6 +30,7 @@ from dpt_core.describe import (
     make_generator,
 )
 from dpt_core.explain import Explanation, attention_rollout, gradcam
+from dpt_core.faithfulness import explanation_faithfulness
 from dpt_core.genpolicy import check_generation_model, visitor_generator
 from dpt_core.hub import hub_token_for
 from dpt_core.limits import check_generation_count, check_text_budget
@@ -283,26 +285,38 @@ class Services:
         method: str = "gradcam",
         target_class: str | None = None,
         phrase: str | None = None,
+        faithfulness: bool = False,
     ) -> Explanation:
-        """Grad-CAM towards a class's learned prompt (default: the predicted class) or a typed phrase; or rollout."""
+        """Grad-CAM towards a class's learned prompt (default: the predicted class) or a typed phrase; or rollout.
+
+        ``faithfulness``: also run the deletion test of the map (``Explanation.faithfulness``).
+        """
         if method not in EXPLAIN_METHODS:
             raise ValueError(f"unknown explanation method {method!r}; use one of {', '.join(EXPLAIN_METHODS)}")
         if target_class and target_class not in setup.class_names:
             raise ValueError(f"unknown class {target_class!r}; choose one of the current classes")
         checkpoint_id, ckpt = self._checkpoint(setup, checkpoint_id)
         phrase = " ".join((phrase or "").split())
-        return self.calls.explain(self.ref, setup, checkpoint_id, ckpt, image, method, target_class, phrase).unwrap()
+        return self.calls.explain(self.ref, setup, checkpoint_id, ckpt, image, method, target_class, phrase,
+                                  bool(faithfulness)).unwrap()
 
     def explain_here(self, setup: ClassSetup, checkpoint_id: str | None, checkpoint: PromptCheckpoint | None,
-                     image: Image.Image, method: str, target_class: str | None, phrase: str) -> Explanation:
+                     image: Image.Image, method: str, target_class: str | None, phrase: str,
+                     faithfulness: bool = False) -> Explanation:
         predictor = self.predictor(setup, checkpoint_id, checkpoint)
+        phrase_feature = encode_cached(self.backbone, [phrase])[0] if phrase and method != "rollout" else None
         if method == "rollout":
-            return attention_rollout(predictor.model, image)
-        if phrase:
-            return gradcam(predictor.model, image, encode_cached(self.backbone, [phrase])[0], target=phrase)
-        name = target_class or predictor.predict_features(predictor.image_features([image]))[0].prediction
-        text = predictor.text_features[predictor.class_names.index(name)]  # the learned prompt of that class
-        return gradcam(predictor.model, image, text, target=name)
+            expl = attention_rollout(predictor.model, image)
+        elif phrase_feature is not None:
+            expl = gradcam(predictor.model, image, phrase_feature, target=phrase)
+        else:
+            name = target_class or predictor.predict_features(predictor.image_features([image]))[0].prediction
+            text = predictor.text_features[predictor.class_names.index(name)]  # the learned prompt of that class
+            expl = gradcam(predictor.model, image, text, target=name)
+        if faithfulness:
+            expl = dataclasses.replace(expl, faithfulness=explanation_faithfulness(
+                predictor.model, image, expl, predictor.text_features, predictor.class_names, phrase_feature))
+        return expl
 
     # ------------------------------------------------------------------ descriptions
     def generate_descriptions(

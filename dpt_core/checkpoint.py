@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .backbone import Backbone
+from .calibration import Calibration, CalibrationError
 from .ckpt_config import (  # noqa: F401 (FORMAT_VERSION, METHODS, library_versions: re-exported)
     FORMAT_VERSION,
     METHODS,
@@ -86,6 +87,12 @@ class PromptCheckpoint:
     def class_position(self) -> str:
         """Where the class word-piece sits: "end", or the reference's "middle" (method.md section 2)."""
         return self.config.get("class_token_position") or "end"
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """The stored temperature and conformal thresholds; None when not calibrated."""
+        block = self.config.get("calibration")
+        return None if block is None else Calibration.from_config(block)
 
     @property
     def visual(self) -> VisualPromptConfig:
@@ -189,6 +196,11 @@ def validate(ckpt: PromptCheckpoint) -> None:
         VisualPromptConfig(int(vp["count"]), vp["layout"], bool(vp["learnable"]))
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"bad visual_prompts settings: {exc}") from exc
+    if cfg.get("calibration") is not None:  # absent or null: not calibrated
+        try:
+            Calibration.from_config(cfg["calibration"])
+        except CalibrationError as exc:
+            raise CheckpointError(str(exc)) from exc
 
 
 def check_backbone(ckpt: PromptCheckpoint, backbone: Backbone) -> None:

@@ -16,7 +16,7 @@ from typing import Sequence
 
 from .descriptions import same_classes
 from .integrity import finite_json
-from .outpath import check_out_path, empty_classes, error_line
+from .outpath import check_out_path, error_line
 
 log = logging.getLogger("dpt_core")
 
@@ -122,12 +122,16 @@ def cmd_predict(args) -> int:
             image = load_image(path).image
         except ImageLoadError as exc:
             raise CLIError(f"{path}: {exc}") from exc
-        pred = predictor.predict([image])[0]
+        pred = predictor.predict([image], coverage=args.coverage)[0]
         results.append({"image": path, **pred.to_json(top_k=args.top)})
         if not args.json:
             print(f"{path}: {pred.prediction} ({pred.probs[pred.prediction]:.3f})")
             for name, p in sorted(pred.probs.items(), key=lambda kv: -kv[1]):
                 print(f"  {p:6.3f}  {name}")
+            print("  calibrated: " + (", ".join(f"{n} {p:.3f}" for n, p in pred.calibrated_probs.items())
+                                      if pred.calibrated_probs else predictor.calibration_note))
+            if pred.prediction_set is not None:
+                print("  " + pred.prediction_set.describe())
     if args.json:
         _print_json({"backbone": backbone.spec, "checkpoint": args.checkpoint, "classes": setup.class_names,
                      "results": results})
@@ -147,7 +151,8 @@ def cmd_train(args) -> int:
                    teacher=args.teacher, class_position=args.class_position,
                    classes=tuple(classes) if classes else None, descriptions=_descriptions(args),
                    batch_size=args.batch_size, lr=args.lr, views=args.views, l1=args.l1, kl=args.kl,
-                   visual_layout=args.visual_layout, data_description=args.data_description or "")
+                   visual_layout=args.visual_layout, data_description=args.data_description or "",
+                   holdout=args.holdout)
     backbone = _backbone(args)
     print(f"training {args.shots}-shot {protocol} ({'exact' if args.exact else 'fast'} mode)", file=sys.stderr)
 
@@ -157,9 +162,17 @@ def cmd_train(args) -> int:
                   f"{info.elapsed_s:.1f}s", file=sys.stderr)
 
     result = run_training(spec, backbone, on_step=on_step, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
-    if result.metrics:
-        print("test: " + json.dumps(finite_json(result.metrics), allow_nan=False), file=sys.stderr)
-    print(str(result.folder))
+    if result.test_metrics:
+        print("test: " + json.dumps(finite_json(result.test_metrics), allow_nan=False), file=sys.stderr)
+    check = result.holdout
+    if check is not None:
+        print(f"held-out: accuracy {check.adapted.accuracy:.4f} (zero-shot {check.zero_shot.accuracy:.4f}), "
+              f"ECE {check.calibration.ece_before:.4f} -> {check.calibration.ece_after:.4f}", file=sys.stderr)
+    if args.json:
+        _print_json({"checkpoint": str(result.folder), "metrics": result.metrics,
+                     "calibration": check.calibration.to_config() if check else None})
+    else:
+        print(str(result.folder))
     return 0
 
 
@@ -220,15 +233,30 @@ def cmd_evaluate(args) -> int:
         bank = build_prompt_bank(backbone, setup.class_names, setup.templates, setup.descriptions)
         teacher_text = build_teacher(bank, mode).features()
     ev = evaluate_features(model, feats, data.labels, teacher_text, weights)
+    trust = _trust_metrics(model, feats, data.labels, ckpt, setup.class_names, args.coverage)
     if args.json:
         _print_json({"accuracy": ev.accuracy, "per_class": ev.per_class, "confusion_matrix": ev.confusion_matrix,
-                     "loss": ev.loss})
+                     "loss": ev.loss, **trust})
     else:
         print(f"accuracy {ev.accuracy:.4f} on {ev.n} images")
         for name, acc in ev.per_class.items():
             print(f"  {'-' if acc is None else f'{acc:.4f}'}  {name}")
         print("loss " + ", ".join(f"{k} {v:.4f}" for k, v in ev.loss.items()))
+        print("calibration " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                         for k, v in trust.items()))
     return 0
+
+
+def _trust_metrics(model, feats, labels, ckpt, class_names, coverage) -> dict:
+    """ECE of the shown probabilities; set coverage and mean set size for a calibrated checkpoint."""
+    import torch
+
+    from .calibration import evaluation_metrics
+    from .predictor import calibration_for
+
+    with torch.no_grad():
+        logits = model(image_features=feats).logits
+    return evaluation_metrics(logits, labels, calibration_for(ckpt, class_names, model.backbone.spec)[0], coverage)
 
 
 def cmd_import_dassl(args) -> int:
@@ -310,6 +338,13 @@ def cmd_rank_banks(args) -> int:
 
 # ------------------------------------------------------------------------------------- parser
 
+def _coverage_flag(sp) -> None:
+    from .calibration import COVERAGES, DEFAULT_COVERAGE
+
+    sp.add_argument("--coverage", type=float, choices=COVERAGES, default=DEFAULT_COVERAGE,
+                    help="coverage of the conformal prediction sets of a calibrated checkpoint")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dpt_core", description="Biomed-DPT prompt tuning for BiomedCLIP")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress of the library")
@@ -332,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--classes-file", help="one class name per line")
     sp.add_argument("--checkpoint", help="folder, hf-hub:ORG/REPO[/SUB][@REV] or .pth.tar")
     sp.add_argument("--top", type=int, default=10, help="prompts listed under contributions")
+    _coverage_flag(sp)
     sp.add_argument("--json", action="store_true")
     class_position(sp)  # for the checkpoint-less prompt; a checkpoint records its own
     sp.set_defaults(func=cmd_predict)
@@ -358,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     class_position(sp)
     sp.add_argument("--data-description", help="what the training images are (source, licence, population); "
                                                "goes into the model card")
+    sp.add_argument("--holdout", type=float, metavar="F",
+                    help="hold out fraction F of each class: held-out check and calibration stored in the checkpoint")
+    sp.add_argument("--json", action="store_true", help="print {checkpoint, metrics, calibration} as JSON")
     sp.set_defaults(func=cmd_train)
 
     sp = sub.add_parser("evaluate", help="accuracy, confusion matrix and loss parts")
@@ -370,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--teacher", choices=["mean", "ranked"])
     sp.add_argument("--l1", type=float)
     sp.add_argument("--kl", type=float)
+    _coverage_flag(sp)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_evaluate)
 

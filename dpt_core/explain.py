@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
@@ -48,6 +49,7 @@ class Explanation:
     target: str  # the class name or phrase scored; "" for rollout
     masked_cells: list[int] = field(default_factory=list)  # row-major grid cells holding prompts
     grid_size: tuple[int, int] = (14, 14)  # patch grid, to find the masked cells in the view
+    faithfulness: Any = None  # a faithfulness.Faithfulness when the deletion test was asked for
 
 
 def _split_eval_transform(backbone: Backbone) -> tuple[T.Compose, T.Compose]:

@@ -40,6 +40,16 @@ def _fmt_recipe(config: dict[str, Any]) -> str:
                      f"{len(data.get('train_images') or [])} training images listed in config.json")
     return "\n## Recipe\n\n" + "\n".join(lines) + "\n"
 
+def _fmt_calibration(block: dict[str, Any] | None) -> str:
+    if not block:
+        return "Not calibrated: no held-out images were used to fit a temperature or prediction sets."
+    sets = ", ".join(f"{float(c):.0%}" for c, t in block.get("thresholds", {}).items() if t is not None)
+    return (f"Temperature {block.get('temperature', 0):.3g} fitted on {block.get('n_calibration')} held-out images "
+            f"({block.get('source') or 'source not recorded'}); expected calibration error on them "
+            f"{block.get('ece_before', 0):.3f} before, {block.get('ece_after', 0):.3f} after. "
+            f"Conformal prediction sets available at: {sets or 'none (too few calibration images)'}. "
+            "So few images give a rough calibration, not a validated one.")
+
 
 def render_model_card(config: dict[str, Any]) -> str:
     """Markdown card: intended use, data, metrics, method, and how to load it."""
@@ -87,6 +97,12 @@ been validated clinically.
 
 {_fmt_metrics(config.get('metrics', {}))}
 {_fmt_recipe(config)}
+
+
+## Calibration
+
+{_fmt_calibration(config.get('calibration'))}
+
 ## How to use
 
 ```bash

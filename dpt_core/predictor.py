@@ -14,16 +14,18 @@ prompt sources only explain it:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
 import torch
 from PIL import Image
 
 from .backbone import Backbone
+from .calibration import DEFAULT_COVERAGE, Calibration, PredictionSet
 from .checkpoint import PromptCheckpoint
 from .limits import check_class_name_lengths
 from .combine import CombinationNet
+from .descriptions import same_classes
 from .features import encode_images
 from .model import BiomedDPT
 from .prompt_bank import SOURCES, build_prompt_bank
@@ -56,10 +58,25 @@ class Prediction:
     sources: dict[str, dict[str, float] | None]  # "learned", "templates", "descriptions" -> probs
     source_logits: dict[str, list[float] | None]
     prompts: list[PromptContribution] = field(repr=False)  # every weighted prompt of every class
+    calibrated_probs: dict[str, float] | None = None  # None: the checkpoint is not calibrated for these classes
+    prediction_set: PredictionSet | None = None  # conformal set (or why none); None when not calibrated
+    calibration_note: str = ""  # why there are no calibrated probabilities ("" when there are)
+    calibration: Calibration | None = field(default=None, repr=False)  # to draw the set at another coverage
 
     @property
     def prediction(self) -> str:
         return max(self.probs, key=self.probs.get)
+
+    def set_at(self, coverage: float) -> PredictionSet | None:
+        """The conformal set at another of the calibration's coverages (None when not calibrated)."""
+        if self.calibration is None or self.calibrated_probs is None:
+            return None
+        probs = torch.tensor([self.calibrated_probs[n] for n in self.class_names])
+        return self.calibration.prediction_set(probs, self.class_names, coverage)
+
+    def with_coverage(self, coverage: float) -> Prediction:
+        """The same prediction with its set drawn at ``coverage``."""
+        return replace(self, prediction_set=self.set_at(coverage)) if self.calibration is not None else self
 
     def top_prompts(self, class_name: str | None = None, k: int = 10, source: str | None = None) -> list[PromptContribution]:
         """Prompts of ``class_name`` (default: the predicted class), largest contribution first."""
@@ -72,6 +89,8 @@ class Prediction:
             "prediction": self.prediction,
             "probs": self.probs,
             "logits": self.logits,
+            "calibrated_probs": self.calibrated_probs,
+            "prediction_set": self.prediction_set.to_json() if self.prediction_set else None,
             "contributions": {
                 "sources": self.sources,
                 "prompts": [p.to_json() for p in self.top_prompts(k=top_k)],
@@ -126,6 +145,7 @@ class Predictor:
             self.model = BiomedDPT(backbone, self.class_names, template, n_ctx, visual,
                                    class_position=class_position)
         self.model.eval()
+        self.calibration, self.calibration_note = calibration_for(checkpoint, self.class_names, backbone.spec)
         self.bank = build_prompt_bank(backbone, self.class_names, templates or [self.model.prompt_learner.template],
                                       descriptions)
         with torch.no_grad():
@@ -196,17 +216,19 @@ class Predictor:
         return encode_images(self.model, list(images))
 
     @torch.no_grad()
-    def predict(self, images: Sequence[Image.Image]) -> list[Prediction]:
-        return self.predict_features(self.image_features(images))
+    def predict(self, images: Sequence[Image.Image], coverage: float = DEFAULT_COVERAGE) -> list[Prediction]:
+        return self.predict_features(self.image_features(images), coverage)
 
     @torch.no_grad()
-    def predict_features(self, feats: torch.Tensor) -> list[Prediction]:
+    def predict_features(self, feats: torch.Tensor, coverage: float = DEFAULT_COVERAGE) -> list[Prediction]:
+        """Predictions of normalised image features [B, E]; ``coverage``: of the conformal sets."""
         tau = self.backbone.logit_scale()
         logits = tau * feats @ self.text_features.t()  # [B, C]
         prompt_logits = tau * feats @ self.bank.features.t()  # [B, P]
         contrib = prompt_logits * self.weights[None]  # [B, P]
         per_source = {s: contrib @ self._source_sum[s] for s in SOURCES}  # [B, C] each
         names, prompts_of_bank = self.class_names, self.bank.prompts
+        calibrated = self.calibration.probs(logits).cpu() if self.calibration is not None else None
         results = []
         for b in range(feats.shape[0]):
             learned = _probs(names, logits[b])
@@ -221,8 +243,34 @@ class Predictor:
             row = contrib[b].tolist()
             prompts = [PromptContribution(names[prompts_of_bank[i].class_index], prompts_of_bank[i].source,
                                           prompts_of_bank[i].text, self._weights[i], row[i]) for i in self._used]
-            results.append(Prediction(list(names), logits[b].tolist(), learned, sources, source_logits, prompts))
+            pred = Prediction(list(names), logits[b].tolist(), learned, sources, source_logits, prompts,
+                              calibration_note=self.calibration_note)
+            if calibrated is not None:
+                pred.calibrated_probs = {n: float(p) for n, p in zip(names, calibrated[b])}
+                pred.prediction_set = self.calibration.prediction_set(calibrated[b], names, coverage)
+                pred.calibration = self.calibration
+            results.append(pred)
         return results
+
+
+def calibration_for(checkpoint: PromptCheckpoint | None, class_names: Sequence[str],
+                    backbone_spec: str | None = None) -> tuple[Calibration | None, str]:
+    """(the checkpoint's calibration, or None with the reason in words).
+
+    A calibration holds only for the classes and the backbone it was fitted with:
+    edited classes, or another backbone than the one the checkpoint records, make it void.
+    """
+    if checkpoint is None:
+        return None, "not calibrated (the zero-shot prompt has no held-out images)"
+    calibration = checkpoint.calibration
+    if calibration is None:
+        return None, "not calibrated (this checkpoint was saved without held-out images)"
+    if not same_classes(class_names, checkpoint.class_names):
+        return None, "not calibrated for these classes (the calibration holds for the checkpoint's own class list)"
+    recorded = checkpoint.config.get("backbone")
+    if backbone_spec and recorded and backbone_spec != recorded:
+        return None, "not calibrated for this backbone (the calibration was fitted with another one)"
+    return calibration, ""
 
 
 def _probs(names: Sequence[str], logits: torch.Tensor) -> dict[str, float]:

@@ -33,13 +33,22 @@ from .data import (
 from .descriptions import resolve_descriptions, same_classes
 from .evaluate import base_novel_split, evaluate_features, harmonic_mean
 from .features import encode_images
+from .heldout import HeldOutCheck, check_heldout, split_heldout
 from .losses import LossWeights
 from .outpath import empty_classes
 from .prompt_bank import build_prompt_bank
 from .teacher import build_teacher
 from .train import StepInfo, TrainConfig
 from .visual import VisualPromptConfig
-from .workflow import ClassSetup, TrainOutcome, save_trained, setup_classes, train_prompts
+from .workflow import (
+    ClassSetup,
+    TrainOutcome,
+    holdout_split,
+    save_trained,
+    setup_classes,
+    train_prompts,
+    zero_shot_model,
+)
 
 log = logging.getLogger(__name__)
 PAPER_EPOCHS = {"few_shot": 100, "base2novel": 50}  # method.md section 5
@@ -69,6 +78,7 @@ class RunSpec:
     kl: float | None = None
     visual_layout: str = "reference"
     data_description: str = ""
+    holdout: float | None = None  # hold out this fraction of each class: held-out check + calibration
 
     def __post_init__(self) -> None:
         if self.protocol not in PAPER_EPOCHS:
@@ -82,10 +92,12 @@ class RunSpec:
 @dataclass
 class RunResult:
     folder: Path
-    metrics: dict
+    metrics: dict  # everything recorded: test metrics, plus the held-out check's when there is one
     seconds: float
     n_train: int
     history: list[dict] = field(default_factory=list)
+    test_metrics: dict = field(default_factory=dict)  # on the split file's test images
+    holdout: HeldOutCheck | None = None
 
 
 def _split_records(spec: RunSpec, class_names: Sequence[str],
@@ -134,24 +146,39 @@ def run_training(
     config = TrainConfig(epochs=spec.n_epochs, batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed,
                          mode="exact" if spec.exact else "fast", views=spec.views, loss_weights=weights)
     data = LabelledImages.from_records(drawn, setup.class_names)
-    outcome = train_prompts(backbone, setup, data, config, on_step=on_step, teacher_mode=spec.teacher,
-                            visual=VisualPromptConfig(layout=spec.visual_layout))
-    metrics: dict = {}
+    held, held_records = None, []
+    if spec.holdout is not None:  # held out before training: never trained on
+        data, held = split_heldout(data, spec.holdout, spec.seed)
+        _, held_idx = holdout_split(torch.as_tensor([r.label for r in drawn]), spec.holdout, 2, spec.seed)
+        held_set = set(held_idx)
+        held_records = [drawn[i] for i in held_idx]
+        drawn = [r for i, r in enumerate(drawn) if i not in held_set]
+    visual = VisualPromptConfig(layout=spec.visual_layout)
+    outcome = train_prompts(backbone, setup, data, config, on_step=on_step, teacher_mode=spec.teacher, visual=visual)
+    test: dict = {}
     data_record: dict = {}
     if split_file is not None:
-        _, test, _ = _split_records(spec, class_names, "test")
-        metrics = split_metrics(outcome, full, class_names, test, base_ids, novel_ids, weights, backbone)
+        _, test_records, _ = _split_records(spec, class_names, "test")
+        test = split_metrics(outcome, full, class_names, test_records, base_ids, novel_ids, weights, backbone)
         data_record = {"split_file": split_file.name, "split_sha256": file_sha256(split_file),
                        "train_images": [r.rel for r in drawn]}
+        if held_records:
+            data_record["heldout_images"] = [r.rel for r in held_records]
+    check = None
+    if held is not None:
+        check = check_heldout(outcome.model, zero_shot_model(backbone, setup, visual), held, outcome.teacher,
+                              weights, source=f"{len(held)} images held out of training")
+    metrics = {**test, **(check.metrics() if check else {})}
     description = spec.data_description or "Not described by the person who trained it."
     folder = save_trained(
         spec.out, outcome, setup, config, metrics,
         data_description=f"{description} ({len(data)} training images, {spec.shots} shots per class, "
                          f"from {Path(spec.data).name}.)",
         protocol=spec.protocol, shots=spec.shots, data=data_record,
-        training_extra={"data": Path(spec.data).name},
+        training_extra={"data": Path(spec.data).name}, calibration=check.calibration if check else None,
     )
-    return RunResult(Path(folder), metrics, time.perf_counter() - start, len(data), list(outcome.fit.history))
+    return RunResult(Path(folder), metrics, time.perf_counter() - start, len(data), list(outcome.fit.history),
+                     test, check)
 
 
 def split_metrics(outcome: TrainOutcome, setup: ClassSetup, class_names: Sequence[str], test: Sequence[ImageRecord],

@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from .backbone import Backbone
+from .calibration import Calibration
 from .checkpoint import PromptCheckpoint, make_config, save_checkpoint
 from .ckpt_config import run_fields
 from .data import LabelledImages
@@ -165,12 +166,14 @@ def save_trained(
     training_extra: dict | None = None,
     shots: int | None = None,
     data: dict | None = None,
+    calibration: Calibration | None = None,
 ) -> Path:
     """Write the trained prompts as a checkpoint folder (config records data, settings, metrics).
 
     Every writer (CLI ``train``, ``sweep``, the app) comes through here, so every run records
     the fields of ``ckpt_config.run_fields``; ``data``: ``split_file``, ``split_sha256``,
-    ``train_images`` when the run drew from a split file.
+    ``train_images`` when the run drew from a split file. ``calibration``: fitted on held-out
+    images, stored as the config's ``"calibration"`` block.
     """
     record, tensors = teacher_record(outcome.teacher)
     run = run_fields(protocol=protocol, shots=shots, seed=config.seed, epochs=config.epochs,
@@ -189,7 +192,8 @@ def save_trained(
                   **(training_extra or {})},
         metrics=metrics or {},
         data_description=data_description,
-        extra={"descriptions_hash": descriptions_hash(setup.descriptions), "templates": list(setup.templates)},
+        extra={"descriptions_hash": descriptions_hash(setup.descriptions), "templates": list(setup.templates),
+               **({"calibration": calibration.to_config()} if calibration is not None else {})},
     )
     return save_checkpoint(out_dir, outcome.model, cfg, tensors)
 

@@ -73,6 +73,17 @@ def test_explain_endpoint(client, ct_path):
     assert Path(rollout_path).is_file() and info2["method"] == "rollout"
 
 
+def test_trust_fields_through_the_client(client, ct_path):
+    from gradio_client import handle_file
+
+    _, details = client.predict(handle_file(ct_path), "btmri", api_name="/predict")
+    assert details["calibrated_probs"] is None and details["prediction_set"] is None  # zero-shot: not calibrated
+    _, info = client.predict(handle_file(ct_path), "btmri", faithfulness=True, api_name="/explain")
+    f = info["faithfulness"]
+    assert set(f) == {"deletion_auc", "random_auc", "steps"} and f["steps"] == 4
+    assert 0 <= f["deletion_auc"] <= 1 and 0 <= f["random_auc"] <= 1
+
+
 def test_bad_input_is_a_readable_error(client, tmp_path):
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError

@@ -288,6 +288,8 @@ def test_train_use_predict_round_trip(services, state, tmp_path):
     folder = Path(last["folder"])
     assert folder.is_relative_to(session_dir(state)) and merged["result"]["visible"]
     assert "Held-out check** on 8 images" in merged["summary"] and "random weights" in merged["summary"]
+    assert "**Calibration** on the 8 held-out images: expected calibration error" in merged["summary"]
+    assert json.loads((Path(merged["last"]["folder"]) / "config.json").read_text())["calibration"]["n_calibration"] == 8
     assert list(merged["per_class"]["held-out images"]) == [2, 2, 2, 2]
     assert list(merged["confusion"].columns) == ["true \\ predicted", *BTMRI]
     assert int(merged["confusion"].iloc[:, 1:].to_numpy().sum()) == 8

@@ -261,7 +261,9 @@ def test_local_paths_are_refused_as_checkpoint_ids(ctl, tmp_path, ct_path, btmri
 # ---------------------------------------------------------------------------- happy paths
 
 def test_predict_on_a_real_dicom(ctl, ct_path, btmri_table):
-    label, sources, modality_md, contrib_class, plot, table, target, state = predict(ctl, ct_path, btmri_table)
+    label, sources, modality_md, contrib_class, plot, table, target, calibration, state = predict(
+        ctl, ct_path, btmri_table)
+    assert "Not calibrated" in calibration  # the zero-shot prompt has no held-out images
     assert set(label) == set(btmri_table[fmt.CLASS_COL]) and abs(sum(label.values()) - 1) < 1e-4
     assert list(sources.columns) == ["class", "learned prompt", "template ensemble", "expert descriptions"]
     assert contrib_class["value"] == max(label, key=label.get) == state.prediction

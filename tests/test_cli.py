@@ -59,7 +59,8 @@ def test_predict_json_contract(capsys, folder, trained, tiny_dir):
     assert set(doc) == {"backbone", "checkpoint", "classes", "results"}
     assert doc["classes"] == ["glioma tumor", "meningioma tumor", "pituitary tumor", "normal brain"]
     r = doc["results"][0]
-    assert set(r) == {"image", "prediction", "probs", "logits", "contributions"}
+    assert set(r) == {"image", "prediction", "probs", "logits", "calibrated_probs", "prediction_set", "contributions"}
+    assert r["calibrated_probs"] is None and r["prediction_set"] is None  # trained without --holdout
     assert r["prediction"] == doc["classes"][int(np.argmax(r["logits"]))]
     assert abs(sum(r["probs"].values()) - 1) < 1e-5
     assert set(r["contributions"]["sources"]) == {"learned", "templates", "descriptions"}
@@ -85,7 +86,7 @@ def test_evaluate_json_contract(capsys, folder, trained, tiny_dir):
     code, out, _ = run(capsys, "evaluate", "--backbone", tiny_dir, "--checkpoint", trained, "--data", folder, "--json")
     assert code == 0
     doc = json.loads(out)
-    assert set(doc) == {"accuracy", "per_class", "confusion_matrix", "loss"}
+    assert set(doc) == {"accuracy", "per_class", "confusion_matrix", "loss", "ece", "ece_uncalibrated"}
     assert 0 <= doc["accuracy"] <= 1 and set(doc["loss"]) == {"ce", "l1", "kl", "total"}
     assert np.array(doc["confusion_matrix"]).sum() == 12
 

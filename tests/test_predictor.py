@@ -39,7 +39,8 @@ def test_prediction_is_the_learned_prompt(tiny):
     assert torch.allclose(torch.tensor(r.logits), logits[0], atol=1e-4)
     assert r.prediction == r.class_names[int(logits.argmax())]
     j = r.to_json(top_k=5)
-    assert set(j) == {"prediction", "probs", "logits", "contributions"}
+    assert set(j) == {"prediction", "probs", "logits", "calibrated_probs", "prediction_set", "contributions"}
+    assert j["calibrated_probs"] is None and j["prediction_set"] is None  # no checkpoint: not calibrated
     assert len(j["contributions"]["prompts"]) == 5
     assert all(p["class"] == r.prediction for p in j["contributions"]["prompts"])
     c = [p["contribution"] for p in j["contributions"]["prompts"]]

@@ -63,14 +63,15 @@ def test_repeated_sentences_come_from_the_text_cache(tiny, encoder_calls):
     first = sentences(300)
     encode_cached(tiny, first)  # an earlier request encoded these
     again = first + sentences(150)  # 450 prompts, of which 150 are new: within budget
-    cost = check_text_budget(["a", "b"], ["a photo of a {}."], {"a": again[:225], "b": again[225:]},
+    a, b = (f"{c} {uuid.uuid4().hex}" for c in "ab")  # class names no earlier test filled a template with
+    cost = check_text_budget([a, b], ["a photo of a {}."], {a: again[:225], b: again[225:]},
                              tiny.text_cache.__contains__)
     assert cost.new_sentences == 150 + 2 and cost.sentences == 452  # +2: the filled templates
     encoder_calls.clear()
     encode_cached(tiny, again)
     assert encoder_calls == [150]  # only the new ones were encoded
     with pytest.raises(BudgetError):  # the same request on a server that never saw them
-        check_text_budget(["a", "b"], ["a photo of a {}."], {"a": again[:225], "b": again[225:]})
+        check_text_budget([a, b], ["a photo of a {}."], {a: again[:225], b: again[225:]})
 
 
 def test_shipped_presets_fit_the_budget_on_a_cold_cache():
