@@ -347,3 +347,16 @@ def test_sweep_without_the_dataset_folders_is_one_error_line(busi, tmp_path, cap
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("error: ") and err.count("\n") == 1
     assert "BTMRI, RETINA" in err and "BUSI" not in err.split("folder(s)")[1].split("(")[0]
+
+
+def test_train_holdout_on_biomedcoop_layout_records_both_parts_of_the_draw(busi, tmp_path, capsys):
+    code = main(["train", "--backbone", "tiny", "--preset", "busi", "--data", str(busi), "--shots", "4",
+                 "--epochs", "1", "--seed", "1", "--holdout", "0.5", "--json", "--out", str(tmp_path / "ck")])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["calibration"] is not None and "accuracy" in out["metrics"]
+    cfg = json.loads((tmp_path / "ck" / "config.json").read_text())
+    rows = json.loads((busi / "split_BUSI.json").read_text())["train"]
+    trained, held = cfg["data"]["train_images"], cfg["data"]["heldout_images"]
+    assert len(trained) == len(held) == 6 and not set(trained) & set(held)
+    assert sorted(trained + held) == sorted(dassl_draw(rows, 4, 1))
+    assert cfg["training"]["steps_per_epoch"] == 6 // 4 and "calibration" in cfg
