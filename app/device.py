@@ -137,7 +137,7 @@ def prepare_duration(ref: ServicesRef, setup, data, settings, channel) -> float:
     """The preparation's slot: image passes (every image once; the training images once more per
     augmented view, the centre view being the first pass) x a CPU-side cost per pass (decoding is
     done; crop, resize and normalise on one thread), plus the worker's start-up. 4 classes x 8
-    images with the GPU defaults (4 views): 30 + 0.025 x 32 x 4 = 33 s; the most the tab allows
+    images with the GPU defaults (8 views): 30 + 0.025 x 32 x 8 = 36 s; the most the tab allows
     (8 x 32 images, 16 views): 30 + 0.025 x 256 x 16 = 132 s."""
     return PREPARE_BASE_S + PREPARE_PER_PASS_S * len(data) * int(settings.views)
 

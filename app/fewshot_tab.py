@@ -39,7 +39,6 @@ from dpt_core.visual import LAYOUTS
 from dpt_core.workflow import ClassSetup
 
 from .fewshot_jobs import (
-    DEFAULT_BATCH,
     DEFAULT_SETTINGS_NOTE,
     HELDOUT_MIN_PER_CLASS,
     JOBS,
@@ -52,6 +51,7 @@ from .fewshot_jobs import (
     TrainSettings,
     check_consent,
     clear_dir,
+    default_batch,
     import_zip,
     load_class_images,
     new_checkpoint_dir,
@@ -288,7 +288,8 @@ def prepare(state: dict | None, services: Services, preset: str, classes_text: s
         check_consent(consent)
         names = parse_class_names(classes_text)
         setup = services.setup(preset, names, None)
-        settings = TrainSettings(epochs, views, lr, DEFAULT_BATCH, l1, kl, teacher, layout, seed).checked()
+        settings = TrainSettings(epochs, views, lr, default_batch(_uses_gpu(services)), l1, kl, teacher, layout,
+                                 seed).checked()
         data = load_class_images(names, files)
     except (FewShotError, ValueError) as err:
         raise _error(str(err), "Cannot train yet") from None

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbone import Backbone
+from .text_tower import cls_hidden_state, supports_cls_only
 from .tokenizer import TokenBatch
 
 
@@ -52,7 +53,13 @@ class TextEncoder(nn.Module):
         return self.backbone.text_proj(pooled)
 
     def forward_embeddings(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """[N, L, W] input embeddings + [N, L] mask -> [N, E]."""
+        """[N, L, W] input embeddings + [N, L] mask -> [N, E].
+
+        The prompts' path (every training step): only the [CLS] row of the last layer is
+        computed when the tower allows it (``text_tower``); the same features otherwise.
+        """
+        if supports_cls_only(self.bert, self.backbone.text_pooler):
+            return self.backbone.text_proj(cls_hidden_state(self.bert, embeds, mask))
         out = self.bert(inputs_embeds=embeds, attention_mask=mask)
         return self._finish(out, mask)
 

@@ -69,14 +69,42 @@ class TrainConfig:
                              warmup_lr=self.warmup_lr, seed=self.seed, loss_weights=vars(self.loss_weights))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The settings, plus ``recipe``: which named recipe they follow (``dpt_core.recipes.recipe_of``)."""
+        from .recipes import recipe_of  # recipes builds TrainConfigs: imported here, not at the top
+
+        return {**asdict(self), "recipe": recipe_of(self)}
 
 
 def lr_at(config: TrainConfig, epoch: int) -> float:
-    """Learning rate of a (0-based) epoch: constant warm-up, then cosine from ``lr`` over all epochs."""
+    """Learning rate of a (0-based) epoch: constant warm-up, then a cosine that starts afresh.
+
+    Dassl's constant warm-up wraps ``CosineAnnealingLR(T_max=epochs)`` and hands it the
+    epoch count from zero once the warm-up is over, so the cosine restarts at the full
+    ``lr``: with one warm-up epoch, epoch 1 runs at ``lr`` and epoch e at
+    ``lr * (1 + cos(pi * (e - 1) / epochs)) / 2`` (method.md section 5).
+    """
     if epoch < config.warmup_epochs:
         return config.warmup_lr
-    return 0.5 * config.lr * (1.0 + math.cos(math.pi * epoch / config.epochs))
+    t = epoch - config.warmup_epochs
+    return 0.5 * config.lr * (1.0 + math.cos(math.pi * t / config.epochs))
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Optimiser steps in one epoch over ``n`` images, as Dassl's loader runs them.
+
+    ``n // batch_size`` when there is at least one full batch (the last partial batch is
+    dropped); with fewer images than one batch, one step over all of them.
+    """
+    if n < 1 or batch_size < 1:
+        raise ValueError("n and batch_size must be >= 1")
+    return n // batch_size if n >= batch_size else 1
+
+
+def batch_indices(order: torch.Tensor, step: int, batch_size: int) -> torch.Tensor:
+    """The images of one step: ``order``'s full batch ``step``, or all of ``order`` when it holds less than a batch."""
+    if len(order) < batch_size:
+        return order
+    return order[step * batch_size:(step + 1) * batch_size]
 
 
 @dataclass
@@ -227,7 +255,7 @@ def fit_epochs(
     views = state.views.to(device) if state.views is not None else None
     aug = train_transform(model.backbone) if views is None else None
     n = len(data)
-    steps = math.ceil(n / config.batch_size)
+    steps = steps_per_epoch(n, config.batch_size)
 
     with _private_rng(device):
         gen = _load_rng(state, device)
@@ -246,7 +274,7 @@ def fit_epochs(
                 if stop():
                     state.stopped = True
                     break
-                idx = order[step * config.batch_size:(step + 1) * config.batch_size]
+                idx = batch_indices(order, step, config.batch_size)
                 if views is not None:
                     feats = views[epoch % config.views, idx.to(device)]
                 else:
@@ -330,9 +358,3 @@ def _cache_views(model: BiomedDPT, data: LabelledImages, config: TrainConfig, st
     while len(views) < config.views:
         views.append(encode_images(model, data.images, aug, should_stop=stop))
     return torch.stack(views)
-
-
-
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    """Dassl's steps per epoch: the last partial batch is dropped, unless there is less than one batch."""
-    return n // batch_size if n >= batch_size else 1

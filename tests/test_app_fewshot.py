@@ -29,6 +29,7 @@ from app.session import new_session_state, session_dir, trained_checkpoints
 from dpt_core.checkpoint import TENSOR_KEYS, read_folder
 from dpt_core.features import encode_images
 from dpt_core.predictor import Predictor
+from dpt_core.recipes import recipe_of
 from dpt_core.workflow import setup_classes, setup_from_checkpoint, zero_shot_model
 
 FAST = {"epochs": 3, "views": 1}  # enough to exercise every step on tiny in a few seconds
@@ -171,8 +172,10 @@ def test_consent_unchecked(services, state, tmp_path):
 def test_defaults_follow_the_device(services):
     setup = services.setup("btmri")
     cpu, gpu = TrainSettings.from_setup(setup), TrainSettings.from_setup(setup, gpu=True)
-    assert (cpu.epochs, cpu.views, cpu.batch_size, cpu.lr) == (*jobs.CPU_DEFAULTS, 4, 0.0025)
-    assert (gpu.epochs, gpu.views) == jobs.GPU_DEFAULTS and (cpu.l1, cpu.kl) == (12.5, 0.25)
+    assert recipe_of(cpu.train_config()) == "cpu-fewshot"  # the library's defaults (dpt_core.recipes)
+    assert recipe_of(gpu.train_config()) == "gpu-fewshot"
+    assert (gpu.epochs, gpu.batch_size) == (100, 4) and jobs.default_batch(True) == 4  # the paper's on a GPU
+    assert cpu.batch_size == jobs.default_batch(False) and (cpu.l1, cpu.kl) == (12.5, 0.25)
     assert not tab._uses_gpu(services)  # tiny on CPU, loaded
     lazy = Services("tiny", device="cpu")
     assert not tab._uses_gpu(lazy) and not lazy.loaded  # decided without loading the backbone
@@ -444,7 +447,8 @@ def test_two_sessions_train_and_predict_apart(services, tmp_path):
         results, statuses = {}, {"a": [], "b": []}
 
         def run(key, st, files):
-            st, pending, _ = _prepare(services, st, files, key=key, epochs=60)  # long enough to overlap
+            # long enough to overlap: 180 steps (the default batch holds all 12 training images: one step an epoch)
+            st, pending, _ = _prepare(services, st, files, key=key, epochs=180)
             merged, seen = _run(services, st, pending, key=key)
             statuses[key] = [str(o.get("status", "")) for o in seen]
             results[key] = (st, merged["last"])

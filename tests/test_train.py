@@ -25,7 +25,7 @@ def _setup(tiny):
 def test_schedule_is_warmup_then_cosine():
     cfg = TrainConfig(epochs=10)
     assert lr_at(cfg, 0) == 1e-5
-    assert lr_at(cfg, 1) == pytest.approx(0.0025 * 0.5 * (1 + torch.cos(torch.tensor(torch.pi / 10)).item()))
+    assert lr_at(cfg, 1) == 0.0025  # the cosine restarts after the warm-up (tests/test_recipes.py pins more)
     assert lr_at(cfg, 9) < lr_at(cfg, 5) < lr_at(cfg, 1)
 
 
@@ -142,7 +142,7 @@ def _fit_in_calls(tiny, data, cfg, budget_s=0.0, stop_after_calls=None):
 
 @pytest.mark.parametrize("mode", ["fast", "exact"])
 def test_training_in_calls_is_bitwise_one_training(tiny, mode):
-    data = synthetic_set(3, 2)  # 9 images: batches of 4, 4, 1
+    data = synthetic_set(3, 2)  # 9 images: batches of 4 and 4 (the last image of the order is dropped)
     cfg = TrainConfig(epochs=4, views=2, mode=mode, center_view=mode == "fast", lr=0.05,
                       loss_weights=LossWeights(0.5, 0.1))  # dropout on, momentum on, both random streams used
     model, teacher = _setup(tiny)

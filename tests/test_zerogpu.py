@@ -182,7 +182,9 @@ def test_the_train_button_under_zerogpu_rules(zero, tmp_path):
     state = new_session_state()
     try:
         files = class_files(tmp_path, 4)
-        state, pending, _ = tab.prepare(state, zero, "btmri", "\n".join(BTMRI), True, "synthetic", 3, 1, 0.0025,
+        # 30 epochs: the CPU default's batch holds all 12 training images, so an epoch is one step,
+        # and the training must last past a status poll (POLL_S) for progress to be seen
+        state, pending, _ = tab.prepare(state, zero, "btmri", "\n".join(BTMRI), True, "synthetic", 30, 1, 0.0025,
                                         0.0, 0.0, "mean", "reference", 1, files + [None] * (tab.N_CARDS - 4), "z")
         outputs = list(tab.train_stream(zero, state, pending, FEWSHOT_UI, "z"))
         final = outputs[-1]
