@@ -29,13 +29,15 @@ import logging
 import os
 import pickle
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import torch
 
+from dpt_core import fewshot
+
 from . import ZERO_GPU, gpu
-from . import fewshot_jobs as fj
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +114,7 @@ def _portable(exc: Exception) -> Exception:
     try:
         pickle.loads(pickle.dumps(exc))
         return exc
-    except Exception:  # noqa: BLE001 - e.g. an exception class with a custom __init__
+    except Exception:
         log.error("unpicklable %s from a GPU call", type(exc).__name__, exc_info=exc)
         return RuntimeError(f"{type(exc).__name__}: {exc}")
 
@@ -133,7 +135,7 @@ def _describe(ref: ServicesRef, preset, request, backend, model) -> Result:
     return _guarded(ref.get().describe_here, preset, request, backend, model)
 
 
-def prepare_duration(ref: ServicesRef, setup, data, settings, channel) -> float:
+def prepare_duration(ref: ServicesRef, setup, data, settings, report=None, should_stop=None) -> float:
     """The preparation's slot: image passes (every image once; the training images once more per
     augmented view, the centre view being the first pass) x a CPU-side cost per pass (decoding is
     done; crop, resize and normalise on one thread), plus the worker's start-up. 4 classes x 8
@@ -142,17 +144,21 @@ def prepare_duration(ref: ServicesRef, setup, data, settings, channel) -> float:
     return PREPARE_BASE_S + PREPARE_PER_PASS_S * len(data) * int(settings.views)
 
 
-def _prepare(ref: ServicesRef, setup, data, settings, channel) -> Result:
-    return _guarded(fj.prepare_run, ref.get().backbone, setup, data, settings, channel)
+# Progress and stop travel as bound methods of the job's channel: a FileChannel pickles, so the
+# worker process of a GPU slot reports and polls through the session folder.
+def _prepare(ref: ServicesRef, setup, data, settings, report, should_stop) -> Result:
+    return _guarded(fewshot.prepare_run, ref.get().backbone, setup, data, settings, report, should_stop)
 
 
-def _train(ref: ServicesRef, setup, settings, prepared, state, budget_s, channel) -> Result:
-    return _guarded(fj.train_slice, ref.get().backbone, setup, settings, prepared, state, budget_s, channel)
+def _train(ref: ServicesRef, setup, settings, prepared, state, budget_s, report, should_stop) -> Result:
+    return _guarded(fewshot.train_slice, ref.get().backbone, setup, settings, prepared, state, budget_s, report,
+                    should_stop)
 
 
-def _finish(ref: ServicesRef, setup, settings, prepared, state, out_dir, description, channel) -> Result:
-    return _guarded(fj.finish_run, ref.get().backbone, setup, settings, prepared, state, out_dir, description,
-                    channel)
+def _finish(ref: ServicesRef, setup, settings, prepared, state, out_dir, description, report,
+            should_stop) -> Result:
+    return _guarded(fewshot.finish_run, ref.get().backbone, setup, settings, prepared, state, out_dir, description,
+                    report, should_stop)
 
 
 @dataclass(frozen=True)
@@ -167,9 +173,9 @@ class DeviceCalls:
     finish: Callable[..., Result]
     slice_s: float | None  # seconds of epochs per training call; None: one call
 
-    def fewshot_phases(self, ref: ServicesRef) -> fj.Phases:
+    def fewshot_phases(self, ref: ServicesRef) -> fewshot.Phases:
         """The few-shot run's three phases as calls of this kind, bound to ``ref``."""
-        return fj.Phases(
+        return fewshot.Phases(
             prepare=lambda *a: self.prepare(ref, *a).unwrap(),
             train=lambda *a: self.train(ref, *a).unwrap(),
             finish=lambda *a: self.finish(ref, *a).unwrap(),

@@ -4,7 +4,8 @@ A prediction on a shipped example with a shipped configuration (a preset's own c
 and descriptions, the zero-shot prompt or a Hub checkpoint) holds nothing of any user's,
 so it may be kept for everyone: ``Services.predict_example`` caches it lazily (computed
 on first use, served from memory afterwards; on ZeroGPU that saves a GPU call per click).
-Uploads, edited tables and checkpoints trained in a session are never cached. Whether an image *is* a shipped example is decided by its content (size, then
+Uploads, edited tables and checkpoints trained in a session are never cached.
+Whether an image *is* a shipped example is decided by its content (size, then
 SHA-256), not by its name or path, because Gradio hands handlers a copy of the file.
 """
 from __future__ import annotations

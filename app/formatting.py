@@ -15,6 +15,7 @@ from dpt_core.backbone import BackboneError
 from dpt_core.checkpoint import CheckpointError
 from dpt_core.describe import GenerationError
 from dpt_core.descriptions import DescriptionsError
+from dpt_core.errors import InputError, UserError
 from dpt_core.explain import Explanation
 from dpt_core.hub import HubError
 from dpt_core.imageio import ImageLoadError, LoadedImage
@@ -73,7 +74,7 @@ def table_rows(table: Any) -> list[tuple[str, list[str]]]:
         if not name and not sentences:
             continue  # an empty row added in the table: ignore it
         if not name:
-            raise ValueError(f"row {i} of the class table has descriptions but no class name")
+            raise InputError(f"row {i} of the class table has descriptions but no class name")
         out.append((name, sentences))
     return out
 
@@ -136,8 +137,11 @@ def contribution_rows(prediction: Prediction, class_name: str, k_templates: int 
 
 
 def contributions_plot_frame(rows: Sequence[PromptContribution]) -> pd.DataFrame:
-    """BarPlot data: one bar per prompt, labelled "#rank first words", coloured by source."""
-    data = [[f"#{i} {_short(r.text, 28)}", round(r.contribution, 4), _source_name(r.source)]
+    """BarPlot data: one bar per prompt, labelled "rank source: first words" (zero-padded: the axis
+    sorts labels as text), coloured by source. The label names the source, so no legend is needed
+    (Gradio's bottom legend is clipped in a narrow column)."""
+    data = [[f"{i:02d} {_source_name(r.source)}: {_short(r.text, 36)}", round(r.contribution, 4),
+             _source_name(r.source)]
             for i, r in enumerate(rows, start=1)]
     return pd.DataFrame(data, columns=CONTRIB_COLUMNS)
 
@@ -219,7 +223,7 @@ _PREFIXES: tuple[tuple[type[BaseException], str], ...] = (
     (HubError, "Could not load from the Hugging Face Hub: "),
     (BackboneError, "Backbone: "),
     (GenerationError, ""),
-    (ValueError, ""),  # class-list and argument messages from dpt_core are written for users
+    (UserError, ""),  # dpt_core.errors: written for users. Any other ValueError (a shape error) is a bug.
 )
 
 HUB_HINT = (" Registry checkpoints are downloaded from the Hub; without network use the zero-shot "

@@ -13,20 +13,13 @@ import json
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Protocol
 
+from dpt_core.fewshot import Status
 
-@dataclass
-class Status:
-    """A snapshot of a running job for the UI."""
-
-    phase: str  # waiting | encoding | views | training | checking | saving | done
-    text: str
-    fraction: float = 0.0  # of the training steps
-    epochs: list[dict] = field(default_factory=list)  # per completed epoch: epoch + mean loss parts
-    elapsed_s: float = 0.0
+__all__ = ["Channel", "FileChannel", "MemoryChannel", "Status"]
 
 
 class Channel(Protocol):

@@ -13,18 +13,17 @@ from typing import Any, Sequence
 
 import gradio as gr
 
-from dpt_core.backbone import BackboneError
+from dpt_core.backbone import DEFAULT_BACKBONE, BackboneError
+from dpt_core.reachability import work_offline_if_unreachable
 
 from . import cleanup
 from . import formatting as fmt
+from .choices import checkpoint_choices
 from .examples import EXAMPLES_DIR
-from .fewshot_tab import create_fewshot_tab
-from .predict_tab import (
-    checkpoint_choices,
-    create_predict_tab,
-)
+from .fewshot.layout import create_fewshot_tab
+from .predict.layout import create_predict_tab
 from .services import Services
-from .session import cleanup_session_state, new_session_state
+from .session import cleanup_session_state, end_session, start_session
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +62,7 @@ def build_demo(services: Services) -> gr.Blocks:
         # Filled on page load by a private event: a callable State value would become a public
         # /new_session_state endpoint that hands out server paths.
         session = gr.State(None, delete_callback=cleanup_session_state)
-        demo.load(new_session_state, None, session, api_visibility="private")
+        demo.load(_start_session, None, session, api_visibility="private")
         with gr.Tabs() as tabs:
             with gr.Tab("Predict", id="predict") as predict_tab:
                 handles = create_predict_tab(services, session)
@@ -72,29 +71,29 @@ def build_demo(services: Services) -> gr.Blocks:
         # Checkpoints trained on the other tab appear when coming back (choices only; the value stays).
         predict_tab.select(lambda p, s: gr.update(choices=checkpoint_choices(p, s)),
                            [handles.preset, session], [handles.checkpoint], api_visibility="private")
-        demo.unload(_unload_cleanup(demo, session))
+        demo.unload(_end_session)
     return demo
 
 
-def _unload_cleanup(demo: gr.Blocks, session: gr.State):
-    """Delete the session folder as soon as the tab closes.
+def _start_session(request: gr.Request) -> dict:
+    return start_session(getattr(request, "session_hash", None))
 
-    The State's delete_callback does the same, but Gradio runs it only up to an
-    hour after the tab closed; unload events get no inputs, so the session's state
-    is looked up through the request's session hash (best effort: the delete
-    callback and the exit handler remain as fallbacks).
-    """
 
-    def cleanup(request: gr.Request) -> None:
-        try:
-            data = demo.state_holder.session_data.get(request.session_hash)
-            value = data.state_data.get(session._id) if data is not None else None
-        except AttributeError:  # Gradio internals moved: the fallbacks still clean up
-            return
-        cleanup_session_state(value)
+def _end_session(request: gr.Request) -> None:
+    """Delete the session folder as soon as the tab closes (the State's delete callback runs
+    up to an hour later; it and the exit handler remain as fallbacks)."""
+    end_session(getattr(request, "session_hash", None))
 
-    return cleanup
 
+# Phone widths: table headers break between words, not inside them; class names wrap instead of
+# being cut; the tables' text is a size smaller.
+NARROW_CSS = """
+@media (max-width: 640px) {
+  #class-table *, #sources-table *, #contrib-table * { font-size: 13px !important; }
+  #sources-table th *, #contrib-table th * { word-break: normal !important; overflow-wrap: normal !important; }
+  #class-table td:first-child * { white-space: normal !important; text-overflow: clip !important; }
+}
+"""
 
 def launch_options() -> dict[str, Any]:
     """Privacy defaults for ``launch``: no run history, no share link, bounded uploads."""
@@ -105,7 +104,14 @@ def launch_options() -> dict[str, Any]:
         "max_file_size": MAX_FILE_SIZE,
         "allowed_paths": [str(EXAMPLES_DIR)],  # the examples gallery serves these files
         "footer_links": ["api", "gradio", "settings"],
+        "css": NARROW_CSS,
     }
+
+
+def needs_hub(spec: str | None) -> bool:
+    """Whether the backbone to load comes from the Hub (the default does)."""
+    spec = spec or os.environ.get("DPT_BACKBONE") or DEFAULT_BACKBONE
+    return spec.startswith("hf-hub:")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -130,9 +136,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     os.environ.setdefault("GRADIO_FLAGGING_MODE", "never")  # Blocks do not flag; belt and braces
     cleanup.prepare(retention_s=CACHE_LIFETIME[1])  # sweep what killed runs left, own the uploads, handle SIGTERM
     if args.allow_local_checkpoints:
-        from .predict_tab import ALLOW_LOCAL_ENV
+        from .choices import ALLOW_LOCAL_ENV
 
         os.environ[ALLOW_LOCAL_ENV] = "1"
+    # huggingface_hub logs through its own handler; propagating to ours would print every line twice.
+    from huggingface_hub.utils import logging as hf_logging
+
+    hf_logging.disable_propagation()
+    if needs_hub(args.backbone) and work_offline_if_unreachable():
+        log.warning("The Hugging Face Hub cannot be reached: working offline (models from the local cache only).")
     services = Services(args.backbone, device=args.device)
     try:
         backbone = services.backbone  # load now: the first visitor should not wait, the banner is known

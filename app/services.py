@@ -29,8 +29,11 @@ from dpt_core.describe import (
     GenerationResult,
     make_generator,
 )
-from dpt_core.explain import Explanation, attention_rollout, gradcam
+from dpt_core.errors import InputError
+from dpt_core.explain import Explanation
+from dpt_core.explanation import METHODS, check_target, explain_image
 from dpt_core.faithfulness import explanation_faithfulness
+from dpt_core.fewshot import FewShotResult, TrainSettings
 from dpt_core.genpolicy import check_generation_model, visitor_generator
 from dpt_core.hub import hub_token_for
 from dpt_core.limits import check_generation_count, check_text_budget
@@ -41,8 +44,8 @@ from dpt_core.registry import entry as registry_entry
 from dpt_core.workflow import ClassSetup, setup_classes
 
 from .device import CALLS, DeviceCalls, register
-from .fewshot_jobs import FewShotResult, TrainSettings, run_fewshot
 from .job_channel import FileChannel
+from .jobs import run_fewshot
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +60,7 @@ FALLBACK_BANNER = (
     "in the local cache, so the app runs on the 'tiny' test backbone instead. "
 )
 GENERATOR_BACKENDS = ("retrieval", "hf-inference", "local")
-EXPLAIN_METHODS = ("gradcam", "rollout")
+EXPLAIN_METHODS = METHODS
 
 T = TypeVar("T")
 
@@ -186,7 +189,7 @@ class Services:
         """
         preset = None if not preset_name or preset_name == CUSTOM else preset_name
         if preset is None and not class_names:
-            raise ValueError("custom classes: add at least two class names to the table")
+            raise InputError("custom classes: add at least two class names to the table")
         setup = setup_classes(preset, class_names or None, descriptions)
         # The whole request's text cost, before any encoding (cached sentences are free).
         cached = self._backbone.text_cache.__contains__ if self._backbone is not None else None  # stay lazy
@@ -291,10 +294,7 @@ class Services:
 
         ``faithfulness``: also run the deletion test of the map (``Explanation.faithfulness``).
         """
-        if method not in EXPLAIN_METHODS:
-            raise ValueError(f"unknown explanation method {method!r}; use one of {', '.join(EXPLAIN_METHODS)}")
-        if target_class and target_class not in setup.class_names:
-            raise ValueError(f"unknown class {target_class!r}; choose one of the current classes")
+        check_target(method, list(setup.class_names), target_class)  # before any GPU call
         checkpoint_id, ckpt = self._checkpoint(setup, checkpoint_id)
         phrase = " ".join((phrase or "").split())
         return self.calls.explain(self.ref, setup, checkpoint_id, ckpt, image, method, target_class, phrase,
@@ -304,16 +304,9 @@ class Services:
                      image: Image.Image, method: str, target_class: str | None, phrase: str,
                      faithfulness: bool = False) -> Explanation:
         predictor = self.predictor(setup, checkpoint_id, checkpoint)
-        phrase_feature = encode_cached(self.backbone, [phrase])[0] if phrase and method != "rollout" else None
-        if method == "rollout":
-            expl = attention_rollout(predictor.model, image)
-        elif phrase_feature is not None:
-            expl = gradcam(predictor.model, image, phrase_feature, target=phrase)
-        else:
-            name = target_class or predictor.predict_features(predictor.image_features([image]))[0].prediction
-            text = predictor.text_features[predictor.class_names.index(name)]  # the learned prompt of that class
-            expl = gradcam(predictor.model, image, text, target=name)
+        expl = explain_image(predictor, image, method, target_class, phrase)
         if faithfulness:
+            phrase_feature = encode_cached(self.backbone, [phrase])[0] if phrase and method != "rollout" else None
             expl = dataclasses.replace(expl, faithfulness=explanation_faithfulness(
                 predictor.model, image, expl, predictor.text_features, predictor.class_names, phrase_feature))
         return expl
@@ -330,7 +323,7 @@ class Services:
     ) -> GenerationResult:
         """Expert descriptions for one class. Raises GenerationError (and ValueError for bad arguments)."""
         if backend not in GENERATOR_BACKENDS:
-            raise ValueError(f"unknown description backend {backend!r}")
+            raise InputError(f"unknown description backend {backend!r}")
         p = setup.preset
         request = GenerationRequest(
             class_name=class_name,

@@ -89,3 +89,25 @@ def cleanup_session_state(state: SessionState | None) -> None:
         return
     shutil.rmtree(folder, ignore_errors=True)
     log.info("session folder removed")
+
+
+# Sessions by Gradio's session hash, so that the page's unload event (which gets no inputs)
+# finds the folder to delete through public API only (``gr.Request.session_hash``).
+_BY_KEY: dict[str, SessionState] = {}
+_BY_KEY_LOCK = threading.Lock()
+
+
+def start_session(key: str | None) -> SessionState:
+    """A new session's state, remembered under ``key`` until ``end_session``."""
+    state = new_session_state()
+    if key:
+        with _BY_KEY_LOCK:
+            _BY_KEY[key] = state
+    return state
+
+
+def end_session(key: str | None) -> None:
+    """The tab closed: delete the session's folder now (the State's delete callback comes much later)."""
+    with _BY_KEY_LOCK:
+        state = _BY_KEY.pop(key, None) if key else None
+    cleanup_session_state(state)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from dpt_core.calibration import COVERAGES, Calibration
+from dpt_core.errors import InputError
 from dpt_core.explain import Explanation
 from dpt_core.predictor import Prediction
 
@@ -24,7 +25,7 @@ def checked_coverage(value: Any) -> float:
         if abs(coverage - c) < 1e-9:
             return c
     offered = ", ".join(f"{c:g}" for c in COVERAGES)
-    raise ValueError(f"coverage must be one of {offered}, not {str(value)[:40]!r}")
+    raise InputError(f"coverage must be one of {offered}, not {str(value)[:40]!r}")
 
 
 def calibration_markdown(prediction: Prediction) -> str:

@@ -19,9 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import free_port, full_size_spec, machine, peak_rss_mb, table
-
 import numpy as np
+from common import free_port, full_size_spec, machine, peak_rss_mb, table
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -93,11 +92,12 @@ def app_timings(spec: str, zerogpu_sim: bool = False) -> dict:
 def fewshot_timings(spec: str) -> dict:
     import torch
 
-    from app.fewshot_jobs import TrainSettings, load_class_images, plan_holdout, run_fewshot
+    from app.jobs import run_fewshot
+    from app.uploads import load_class_images
     from dpt_core.backbone import load_backbone
+    from dpt_core.fewshot import TrainSettings, plan_holdout
     from dpt_core.train import TrainConfig, fit_epochs
-    from dpt_core.workflow import prepare_training
-    from dpt_core.workflow import setup_classes
+    from dpt_core.workflow import prepare_training, setup_classes
 
     bb = load_backbone(spec, "cpu")
     setup = setup_classes("btmri")

@@ -12,10 +12,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import full_size_spec, machine, peak_rss_mb, table, timeit, timeit_pair
-
 import numpy as np
 import torch
+from common import full_size_spec, machine, peak_rss_mb, table, timeit, timeit_pair
 from PIL import Image
 
 

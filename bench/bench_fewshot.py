@@ -32,10 +32,9 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from common import full_size_spec, machine, table, timeit_pair
-
 import numpy as np
 import torch
+from common import full_size_spec, machine, table, timeit_pair
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -178,8 +177,8 @@ def _steps(config, n: int) -> str:
 
 def timing_bench(rounds: int) -> str:
     sys.path.insert(0, str(REPO))
-    from app.fewshot_jobs import TrainSettings, run_fewshot
     from dpt_core.backbone import load_backbone
+    from dpt_core.fewshot import TrainSettings, run_fewshot
     from dpt_core.prompt_bank import build_prompt_bank
     from dpt_core.train import TrainConfig, fit_epochs, start_fit
     from dpt_core.workflow import prepare_training, setup_classes

@@ -14,10 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import full_size_spec, machine, table, timeit_pair
-
 import numpy as np
 import torch
+from common import full_size_spec, machine, table, timeit_pair
 from PIL import Image
 
 

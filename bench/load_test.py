@@ -32,7 +32,10 @@ import numpy as np
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from app.fewshot_jobs import TrainingJob, TrainingStopped, TrainSettings, load_class_images
+from app.jobs import TrainingJob
+from app.uploads import load_class_images
+from dpt_core.errors import TrainingStopped
+from dpt_core.fewshot import TrainSettings
 from app.job_channel import FileChannel
 from app.main import QUEUE_CONCURRENCY, build_demo, launch_options
 from app.services import Services

@@ -26,13 +26,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .errors import ResourceError
 from .integrity import nonfinite_problem
 from .tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BACKBONE = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
-BIOMEDCLIP_TEXT_REPO = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 HF_PREFIX = "hf-hub:"
@@ -40,7 +40,7 @@ LOCAL_PREFIX = "local-dir:"
 TINY = "tiny"
 
 
-class BackboneError(RuntimeError):
+class BackboneError(ResourceError):
     """A backbone could not be loaded; the message says why and what to do."""
 
 

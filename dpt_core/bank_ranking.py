@@ -22,6 +22,7 @@ from typing import Sequence
 
 from .backbone import Backbone
 from .descriptions import MANIFEST, bank_hash, load_bank
+from .errors import InputError
 from .presets import list_presets, load_preset
 from .prompt_bank import build_prompt_bank
 from .ranking import score_prompts
@@ -33,7 +34,7 @@ SCORE_DEFINITION = ("ranking.score_prompts without images: cosine with the own c
                     "cosine with the closest other class centroid (templates and descriptions)")
 
 
-class RankingError(ValueError):
+class RankingError(InputError):
     """The ranking cannot be recorded as asked; the message says why."""
 
 

@@ -37,6 +37,7 @@ from .conformal import (
     prediction_sets,
     set_metrics,
 )
+from .errors import InputError
 
 COVERAGES = (0.8, 0.9, 0.95)  # coverages offered; thresholds are stored for each
 DEFAULT_COVERAGE = 0.9
@@ -47,7 +48,7 @@ METHOD = "temperature + split-conformal (score 1 - p_true)"
 T_MIN, T_MAX = 0.05, 200.0
 
 
-class CalibrationError(ValueError):
+class CalibrationError(InputError):
     """A calibration cannot be fitted or a stored calibration block is malformed."""
 
 

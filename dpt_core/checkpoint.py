@@ -33,6 +33,7 @@ from .ckpt_config import (  # noqa: F401 (FORMAT_VERSION, METHODS, library_versi
     library_versions,
     new_config,
 )
+from .errors import InputError
 from .hub import HF_PREFIX, download_file, parse_hub_id
 from .integrity import config_problem, finite_json, tensor_problem
 from .model import BiomedDPT
@@ -48,7 +49,7 @@ REQUIRED_CONFIG = ("format_version", "method", "backbone", "class_names", "templ
 BIOMEDCOOP_TEMPLATE, BIOMEDCOOP_N_CTX = "a photo of a {}.", 4
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint cannot be used; the message says exactly why."""
 
 

@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Sequence
 
 from .descriptions import same_classes
+from .errors import UserError
 from .integrity import finite_json
 from .outpath import check_out_path, error_line
 
 log = logging.getLogger("dpt_core")
 
 
-class CLIError(Exception):
+class CLIError(UserError):
     """An error for the user: printed as one line, exit status 1."""
 
 
@@ -154,6 +155,12 @@ def cmd_train(args) -> int:
                    visual_layout=args.visual_layout, data_description=args.data_description or "",
                    holdout=args.holdout)
     backbone = _backbone(args)
+    if args.holdout is not None:  # the app's few-shot run, with its held-out check (dpt_core.fewshot)
+        from .cli_fewshot import train_with_holdout
+        from .runs import training_set
+
+        setup, data, weights = training_set(spec, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
+        return train_with_holdout(args, backbone, setup, data, weights)
     print(f"training {args.shots}-shot {protocol} ({'exact' if args.exact else 'fast'} mode)", file=sys.stderr)
 
     def on_step(info):
@@ -169,7 +176,7 @@ def cmd_train(args) -> int:
         print(f"held-out: accuracy {check.adapted.accuracy:.4f} (zero-shot {check.zero_shot.accuracy:.4f}), "
               f"ECE {check.calibration.ece_before:.4f} -> {check.calibration.ece_after:.4f}", file=sys.stderr)
     if args.json:
-        _print_json({"checkpoint": str(result.folder), "metrics": result.metrics,
+        _print_json({"checkpoint": str(result.folder), "holdout": None, "metrics": result.metrics,
                      "calibration": check.calibration.to_config() if check else None})
     else:
         print(str(result.folder))
@@ -394,9 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
     class_position(sp)
     sp.add_argument("--data-description", help="what the training images are (source, licence, population); "
                                                "goes into the model card")
-    sp.add_argument("--holdout", type=float, metavar="F",
-                    help="hold out fraction F of each class: held-out check and calibration stored in the checkpoint")
-    sp.add_argument("--json", action="store_true", help="print {checkpoint, metrics, calibration} as JSON")
+    sp.add_argument("--holdout", type=float, default=None, metavar="F",
+                    help="the app's few-shot run: hold out a share F of each class (e.g. 0.25), compare the adapted "
+                         "prompt with the zero-shot one on it and store the calibration fitted on it")
+    sp.add_argument("--json", action="store_true",
+                    help="print {checkpoint, holdout, metrics, calibration} as JSON")
     sp.set_defaults(func=cmd_train)
 
     sp = sub.add_parser("evaluate", help="accuracy, confusion matrix and loss parts")

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .losses import scaled_logits
+
 
 class CombinationNet(nn.Module):
     def __init__(self, dim: int):
@@ -79,7 +81,7 @@ def fit_combination(
     for _ in range(steps):
         w = net(features, scores, keep, class_index, n_classes)
         teacher = F.normalize(weighted_class_sum(features, w, class_index, n_classes), dim=-1)
-        loss = F.cross_entropy(logit_scale * f @ teacher.t(), labels)
+        loss = F.cross_entropy(scaled_logits(f, teacher, logit_scale), labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 
 import torch
 
+from .errors import InputError
+
 
 def min_calibration_images(coverage: float) -> int:
     """Smallest n with a finite threshold at ``coverage``: n >= 1/alpha - 1."""
@@ -28,7 +30,7 @@ def min_calibration_images(coverage: float) -> int:
 
 def check_coverage(coverage: float) -> float:
     if not (isinstance(coverage, (int, float)) and 0.0 < float(coverage) < 1.0):
-        raise ValueError(f"coverage must be a fraction strictly between 0 and 1, not {coverage!r}")
+        raise InputError(f"coverage must be a fraction strictly between 0 and 1, not {coverage!r}")
     return float(coverage)
 
 

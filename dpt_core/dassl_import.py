@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from .errors import InputError
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["CheckpointFormatError", "UnsafeCheckpointError", "Opaque", "read_dassl_context", "list_tensors"]
@@ -53,11 +55,11 @@ _STORAGE_DTYPES = {
 }
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(InputError):
     """The file is not a readable torch zip checkpoint, or holds no usable prompt context."""
 
 
-class UnsafeCheckpointError(ValueError):
+class UnsafeCheckpointError(InputError):
     """Data we need is built by a non-allowlisted global, i.e. only code execution could produce it."""
 
 

@@ -28,12 +28,13 @@ from torchvision import transforms as T
 
 from .backbone import Backbone
 from .descriptions import class_key
+from .errors import InputError
 from .imageio import load_image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".dcm", ".dicom", ""}
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """The data folder or split file does not fit; the message says how."""
 
 

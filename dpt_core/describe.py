@@ -35,6 +35,7 @@ from .bank_search import (
     bank_classes_from_mapping,
     shipped_bank_classes,
 )
+from .errors import InputError, ResourceError
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +58,9 @@ class GenerationRequest:
 
     def __post_init__(self) -> None:
         if not self.class_name.strip():
-            raise ValueError("class_name must not be empty")
+            raise InputError("class_name must not be empty")
         if self.n < 1:
-            raise ValueError(f"n must be at least 1, got {self.n}")
+            raise InputError(f"n must be at least 1, got {self.n}")
         # Accept any sequence from callers but keep the request hashable.
         object.__setattr__(self, "other_classes", tuple(self.other_classes))
 
@@ -71,7 +72,7 @@ class GenerationResult:
     note: str  # provenance, shown next to the sentences in the UI
 
 
-class GenerationError(RuntimeError):
+class GenerationError(ResourceError):
     """A failure whose message can be shown to a clinician as-is (no stack trace, no secrets)."""
 
 

@@ -13,6 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from .errors import InputError
 from .presets import ASSETS_DIR
 
 DESCRIPTIONS_DIR = ASSETS_DIR / "descriptions"
@@ -22,7 +23,7 @@ MAX_SENTENCES_PER_CLASS = 200
 Descriptions = dict[str, list[str]]
 
 
-class DescriptionsError(ValueError):
+class DescriptionsError(InputError):
     """A descriptions file is malformed; the message names the problem."""
 
 

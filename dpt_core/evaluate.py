@@ -12,7 +12,7 @@ import torch
 
 from .data import LabelledImages
 from .features import encode_images
-from .losses import LossWeights, dpt_loss
+from .losses import LossWeights, dpt_loss, scaled_logits
 from .model import BiomedDPT
 
 
@@ -23,15 +23,6 @@ class Evaluation:
     confusion_matrix: list[list[int]]  # rows: true class, columns: predicted class
     loss: dict[str, float]  # ce, l1, kl, total
     n: int
-
-    def to_json(self) -> dict:
-        return {
-            "accuracy": self.accuracy,
-            "per_class": self.per_class,
-            "confusion_matrix": self.confusion_matrix,
-            "loss": self.loss,
-            "n": self.n,
-        }
 
 
 @torch.no_grad()
@@ -48,7 +39,7 @@ def evaluate_features(
     device = model.device
     feats, labels = image_features.to(device), labels.to(device)
     out = model(image_features=feats)
-    teacher_logits = model.logit_scale() * feats @ teacher_text.to(device).t()
+    teacher_logits = scaled_logits(feats, teacher_text.to(device), model.logit_scale())
     parts = dpt_loss(out.logits, teacher_logits, labels, out.text_features, teacher_text.to(device), weights)
     pred = out.logits.argmax(dim=1)
     c = len(model.class_names)

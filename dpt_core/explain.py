@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from pytorch_grad_cam import GradCAM
-from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 from torchvision import transforms as T
@@ -111,29 +110,11 @@ def _to_heatmap(cells: np.ndarray, masked: list[int], size: int) -> np.ndarray:
     return (heat / peak if peak > 0 else np.zeros_like(heat)).astype(np.float32)
 
 
-class _OwnThreadRecorder(ActivationsAndGradients):
-    """Records only forwards of the thread that built it: plain predictions elsewhere pass the hooks."""
-
-    def __init__(self, *args, **kwargs):
-        self.owner = threading.get_ident()
-        super().__init__(*args, **kwargs)
-
-    def save_activation(self, module, input, output):
-        if threading.get_ident() == self.owner:
-            super().save_activation(module, input, output)
-
-    def save_gradient(self, module, input, output):  # registers a tensor hook on *our* output only
-        if threading.get_ident() == self.owner:
-            super().save_gradient(module, input, output)
-
-
 class _GridGradCAM(GradCAM):
-    """GradCAM returning the patch-grid map (``_to_heatmap`` upsamples), recording only our thread."""
+    """GradCAM returning the patch-grid map (``_to_heatmap`` upsamples)."""
 
     def __init__(self, model: nn.Module, target_layers: list[nn.Module], reshape_transform, grid: tuple[int, int]):
         super().__init__(model, target_layers, reshape_transform)
-        self.activations_and_grads.release()  # BaseCAM's recorder: swap in the thread-filtering one
-        self.activations_and_grads = _OwnThreadRecorder(model, target_layers, reshape_transform, self.detach)
         self.grid = grid
 
     def get_target_width_height(self, input_tensor: torch.Tensor) -> tuple[int, int]:
@@ -154,10 +135,11 @@ class _Similarity(nn.Module):
 
 
 def gradcam(model: BiomedDPT, image: Image.Image, text_feature: torch.Tensor, target: str = "") -> Explanation:
-    """Grad-CAM of cos(image feature, ``text_feature``) [E] at ``blocks[-1].norm1``.
+    """Grad-CAM of cos(image feature, ``text_feature``) [E] at the tokens entering the last block.
 
-    That LayerNorm is the last point where patch tokens still reach the pooled CLS
-    token (through the last attention); after it, patch tokens are discarded.
+    That is the last point where patch tokens still reach the pooled CLS token (through the
+    last attention); after it, patch tokens are discarded. The hook sits on the encoder's own
+    ``tap`` module, so only public grad-cam API is used.
     """
     backbone, start = model.backbone, time.perf_counter()
     text = text_feature.detach()
@@ -182,7 +164,9 @@ def gradcam(model: BiomedDPT, image: Image.Image, text_feature: torch.Tensor, ta
             return cells.reshape(cells.shape[0], grid[0], grid[1], -1).permute(0, 3, 1, 2) * keep
 
         wrapper = _Similarity(encoder, text.to(x.device, x.dtype))
-        with _GridGradCAM(wrapper, [backbone.trunk.blocks[-1].norm1], reshape, grid) as cam:
+        # The hook point is this call's own encoder copy (``PromptedImageEncoder.tap``): predictions
+        # running meanwhile in other threads go through the shared trunk, never through it.
+        with _GridGradCAM(wrapper, [encoder.tap], reshape, grid) as cam:
             try:
                 maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(0)])
             except IndexError as exc:  # GradCAM.__exit__ swallows IndexError (printing it): keep it an error

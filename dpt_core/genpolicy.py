@@ -24,6 +24,7 @@ from .describe import (
     GenerationError,
     make_generator,
 )
+from .errors import InputError
 
 GENERATION_MODELS_ENV = "DPT_GENERATION_MODELS"
 LLM_BACKENDS = ("hf-inference", "local")
@@ -63,7 +64,7 @@ def visitor_generator(backend: str, model: str | None, token: str | None) -> Des
     to the server's; without a token of the visitor's own the request is refused here.
     """
     if backend not in LLM_BACKENDS:
-        raise ValueError(f"unknown language-model backend {backend!r}")
+        raise InputError(f"unknown language-model backend {backend!r}")
     model = check_generation_model(backend, model)
     if backend == "local":
         return make_generator("local", model=model)

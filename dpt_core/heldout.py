@@ -18,6 +18,7 @@ from .backbone import Backbone
 from .calibration import Calibration, calibrate, calibrate_features
 from .checkpoint import read_folder, write_checkpoint
 from .data import DataError, ImageRecord, LabelledImages, few_shot
+from .errors import InputError
 from .evaluate import Evaluation, evaluate_features
 from .features import encode_images
 from .losses import LossWeights
@@ -89,7 +90,7 @@ def calibrate_checkpoint(folder: str | Path, backbone: Backbone, images: Labelle
     """
     ckpt = read_folder(folder)
     if list(images.class_names) != ckpt.class_names:
-        raise ValueError(f"the images' classes {images.class_names} are not the checkpoint's {ckpt.class_names}")
+        raise InputError(f"the images' classes {images.class_names} are not the checkpoint's {ckpt.class_names}")
     model = ckpt.build_model(backbone).eval()
     result = calibrate(model, images, source)
     ckpt.config["calibration"] = result.to_config()

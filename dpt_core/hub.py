@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from .errors import ResourceError
 
 HF_PREFIX = "hf-hub:"
 log = logging.getLogger(__name__)
 
 
-class HubError(RuntimeError):
+class HubError(ResourceError):
     """A Hub operation failed; the message says why in plain words."""
 
 
@@ -93,6 +96,23 @@ def _explain(exc: Exception, what: str) -> HubError:
     return HubError(f"{what}: the download from the Hugging Face Hub failed ({name})")
 
 
+# Offline, every lookup would wait for its own timeouts and retries (about 24 s each). After one
+# failed connection the Hub counts as unreachable for a while: lookups then read the local cache
+# only, which answers at once (a cached file, or one short message).
+UNREACHABLE_MEMO_S = 120.0
+ETAG_TIMEOUT_S = 5.0  # the first lookup's wait for the Hub (huggingface_hub's default is 10 s)
+_unreachable_until = 0.0
+
+
+def hub_recently_unreachable() -> bool:
+    return time.monotonic() < _unreachable_until
+
+
+def _connection_problem(exc: Exception) -> bool:
+    name = type(exc).__name__
+    return any(k in name for k in ("Connect", "Timeout", "LocalEntryNotFound"))  # offline mode is instant already
+
+
 def download_file(ref: HubRef, filename: str | None = None, token: str | bool | None = None) -> Path:
     """One file of a Hub repo (``filename`` inside ``ref.path``, or ``ref.path`` itself) in the local cache.
 
@@ -101,11 +121,16 @@ def download_file(ref: HubRef, filename: str | None = None, token: str | bool | 
     """
     from huggingface_hub import hf_hub_download
 
+    global _unreachable_until
     full = "/".join(p for p in (ref.path, filename or "") if p)
     sub, _, name = full.rpartition("/")
+    local_only = hub_recently_unreachable()
     try:
-        return Path(hf_hub_download(ref.repo_id, name, subfolder=sub or None, revision=ref.revision, token=token))
+        return Path(hf_hub_download(ref.repo_id, name, subfolder=sub or None, revision=ref.revision, token=token,
+                                    etag_timeout=ETAG_TIMEOUT_S, local_files_only=local_only))
     except Exception as exc:  # every failure becomes one readable message
+        if not local_only and _connection_problem(exc):
+            _unreachable_until = time.monotonic() + UNREACHABLE_MEMO_S
         raise _explain(exc, f"{ref.repo_id}/{full}") from exc
 
 

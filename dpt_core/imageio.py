@@ -44,9 +44,11 @@ from typing import IO, Iterator
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import InputError
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["ImageLoadError", "LoadedImage", "load_image", "count_frames", "frame_pixels", "SUPPORTED_FORMATS"]
+__all__ = ["ImageLoadError", "LoadedImage", "load_image", "count_frames", "frame_pixels"]
 
 
 class _PydicomRedactor(logging.Filter):
@@ -82,7 +84,6 @@ _redact_pydicom_messages()
 _PIL_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "DIB", "WEBP", "GIF")  # JPEG also yields MPO
 # How PIL's format names are reported to callers (MPO is a phone camera's JPEG).
 _FORMAT_ALIASES = {"MPO": "JPEG", "DIB": "BMP"}
-SUPPORTED_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP", "GIF", "DICOM")
 _SUPPORTED_TEXT = "PNG, JPEG, TIFF, BMP, WEBP, GIF or DICOM"
 
 # Robust intensity range for data with more than 8 bits and no window.
@@ -95,7 +96,7 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct
 _META_MAX_LEN = 64
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(InputError):
     """The file cannot be shown. ``str(err)`` is safe to display in the UI as is."""
 
 

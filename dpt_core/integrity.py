@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from .errors import InputError
+
 SEED_MAX = 2**32 - 1  # numpy and Python's random take seeds up to this; torch more
 
 
@@ -74,11 +76,11 @@ def check_train_settings(*, lr: float, momentum: float, weight_decay: float, war
                **{f"loss weight {k}": v for k, v in loss_weights.items()}}
     for name, v in numbers.items():
         if not _finite_number(v) or v < 0:
-            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+            raise InputError(f"{name} must be a finite number >= 0, got {v!r}")
     if lr == 0:
-        raise ValueError("lr must be greater than 0")
+        raise InputError("lr must be greater than 0")
     if not _is_int(seed) or not 0 <= seed <= SEED_MAX:
-        raise ValueError(f"seed must be a whole number from 0 to {SEED_MAX}")
+        raise InputError(f"seed must be a whole number from 0 to {SEED_MAX}")
 
 
 def finite_json(obj: Any) -> Any:

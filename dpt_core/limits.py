@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import InputError
+
 MAX_CLASS_NAME_CHARS = 100  # longer is a sentence, not a class name
 MAX_NEW_SENTENCES = 400  # prompts not yet in the text cache, per request (~50 s on CPU, full model)
 MAX_REQUEST_SENTENCES = 2_000  # all prompts of a request, cached or not (scoring cost and memory)
@@ -25,7 +27,7 @@ MAX_JSON_CHARS = 400_000  # a JSON text field of the API (classes, descriptions)
 MAX_GENERATED_SENTENCES = 30  # sentences one "Generate descriptions" request may ask for
 
 
-class BudgetError(ValueError):
+class BudgetError(InputError):
     """The request asks for more work than one request may; the message says which limit."""
 
 
@@ -102,9 +104,9 @@ def parse_json_field(text: str, what: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{what}: not valid JSON ({exc.msg})") from None
+        raise InputError(f"{what}: not valid JSON ({exc.msg})") from None
     except RecursionError:  # e.g. [[[[...]]]] thousands deep
-        raise ValueError(f"{what}: the JSON is nested too deeply") from None
+        raise InputError(f"{what}: the JSON is nested too deeply") from None
 
 
 def check_upload_pixels(paths: Iterable[str]) -> int:

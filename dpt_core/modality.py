@@ -29,6 +29,7 @@ from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
+
 from .backbone import Backbone
 from .presets import list_presets, load_preset
 from .prompt_bank import encode_cached

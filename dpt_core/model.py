@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbone import Backbone
+from .losses import scaled_logits
 from .text import PromptLearner, TextEncoder
 from .visual import PromptedImageEncoder, VisualPromptConfig
 
@@ -74,5 +75,5 @@ class BiomedDPT(nn.Module):
                 raise ValueError("pass images or image_features")
             image_features = self.encode_image(images)
         text_features = self.encode_prompts(text_encoder)
-        logits = self.logit_scale() * image_features @ text_features.t()
+        logits = scaled_logits(image_features, text_features, self.logit_scale())
         return DPTOutput(logits=logits, image_features=image_features, text_features=text_features)

@@ -12,10 +12,12 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from .errors import InputError
+
 CHECKPOINT_FILES = ("config.json", "prompts.safetensors")
 
 
-class OutPathError(ValueError):
+class OutPathError(InputError):
     """The output path cannot take a checkpoint; the message says what to do instead."""
 
 

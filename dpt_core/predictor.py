@@ -23,10 +23,12 @@ from PIL import Image
 from .backbone import Backbone
 from .calibration import DEFAULT_COVERAGE, Calibration, PredictionSet
 from .checkpoint import PromptCheckpoint
-from .limits import check_class_name_lengths
 from .combine import CombinationNet
-from .descriptions import same_classes
+from .descriptions import class_key, same_classes
+from .errors import InputError
 from .features import encode_images
+from .limits import check_class_name_lengths
+from .losses import scaled_logits
 from .model import BiomedDPT
 from .prompt_bank import SOURCES, build_prompt_bank
 from .ranking import score_prompts, top_k_mask
@@ -105,16 +107,16 @@ def check_class_names(class_names: Sequence[str]) -> list[str]:
     names = [" ".join(c.split()) for c in class_names]
     check_class_name_lengths(names)
     if any(not n for n in names):
-        raise ValueError("class names cannot be empty")
+        raise InputError("class names cannot be empty")
     if len(names) < 2:
-        raise ValueError("at least two classes are needed to classify")
+        raise InputError("at least two classes are needed to classify")
     if len(names) > MAX_CLASSES:
-        raise ValueError(f"at most {MAX_CLASSES} classes are supported, got {len(names)}")
+        raise InputError(f"at most {MAX_CLASSES} classes are supported, got {len(names)}")
     seen: dict[str, str] = {}
     for n in names:
-        key = n.replace("_", " ").casefold()
+        key = class_key(n)
         if key in seen:
-            raise ValueError(f"duplicate class: {seen[key]!r} and {n!r}")
+            raise InputError(f"duplicate class: {seen[key]!r} and {n!r}")
         seen[key] = n
     return names
 
@@ -223,8 +225,8 @@ class Predictor:
     def predict_features(self, feats: torch.Tensor, coverage: float = DEFAULT_COVERAGE) -> list[Prediction]:
         """Predictions of normalised image features [B, E]; ``coverage``: of the conformal sets."""
         tau = self.backbone.logit_scale()
-        logits = tau * feats @ self.text_features.t()  # [B, C]
-        prompt_logits = tau * feats @ self.bank.features.t()  # [B, P]
+        logits = scaled_logits(feats, self.text_features, tau)  # [B, C]
+        prompt_logits = scaled_logits(feats, self.bank.features, tau)  # [B, P]
         contrib = prompt_logits * self.weights[None]  # [B, P]
         per_source = {s: contrib @ self._source_sum[s] for s in SOURCES}  # [B, C] each
         names, prompts_of_bank = self.class_names, self.bank.prompts

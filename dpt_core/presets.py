@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
+from .errors import InputError
 from .losses import LossWeights
+from .resources import ASSETS_DIR
 
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 PRESETS_DIR = ASSETS_DIR / "presets"
 PROTOCOLS = ("few_shot", "base2novel")
 
@@ -47,7 +47,7 @@ def load_preset(name: str) -> Preset:
     key = name.strip().lower()
     path = PRESETS_DIR / f"{key}.json"
     if not path.is_file():
-        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(list_presets())}")
+        raise InputError(f"unknown preset {name!r}; known presets: {', '.join(list_presets())}")
     raw = json.loads(path.read_text(encoding="utf-8"))
     preset = Preset(
         name=raw["name"],

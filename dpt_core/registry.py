@@ -13,7 +13,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-REGISTRY_PATH = Path(__file__).resolve().parent.parent / "checkpoints" / "registry.json"
+from .resources import CHECKPOINTS_DIR
+
+REGISTRY_PATH = CHECKPOINTS_DIR / "registry.json"
 DEFAULT_SHOTS, DEFAULT_SEED = 16, 1  # the default checkpoint of a preset: 16 shots, seed 1
 METHOD_NAMES = {"biomed-dpt": "Biomed-DPT", "biomedcoop": "BiomedCoOp"}
 

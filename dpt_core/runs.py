@@ -118,14 +118,8 @@ def _subset(setup: ClassSetup, class_names: Sequence[str], ids: Sequence[int]) -
     return replace(setup, class_names=names, descriptions=desc)
 
 
-def run_training(
-    spec: RunSpec,
-    backbone: Backbone,
-    on_step: Callable[[StepInfo], None] | None = None,
-    warn: Callable[[str], None] = log.warning,
-) -> RunResult:
-    """Train one run of ``spec`` and write its checkpoint; raises DataError/ValueError for bad input."""
-    start = time.perf_counter()
+def _prepare(spec: RunSpec, warn: Callable[[str], None]):
+    """Classes, the Dassl draw (base classes kept for base-to-novel) and the loss weights of a run."""
     setup = setup_classes(spec.preset, spec.classes, spec.descriptions, spec.protocol,
                           class_position=spec.class_position)
     class_names, records, split_file = _split_records(spec, setup.class_names, "train")
@@ -143,6 +137,25 @@ def run_training(
     setup = _subset(setup, class_names, base_ids)
     weights = LossWeights(spec.l1 if spec.l1 is not None else setup.loss_weights.l1,
                           spec.kl if spec.kl is not None else setup.loss_weights.kl)
+    return setup, full, class_names, base_ids, novel_ids, drawn, split_file, weights
+
+
+def training_set(spec: RunSpec, warn: Callable[[str], None] = log.warning) -> tuple[ClassSetup, LabelledImages,
+                                                                                    LossWeights]:
+    """(class setup, decoded drawn images, loss weights) of a run, for callers with their own training loop."""
+    setup, _, _, _, _, drawn, _, weights = _prepare(spec, warn)
+    return setup, LabelledImages.from_records(drawn, setup.class_names), weights
+
+
+def run_training(
+    spec: RunSpec,
+    backbone: Backbone,
+    on_step: Callable[[StepInfo], None] | None = None,
+    warn: Callable[[str], None] = log.warning,
+) -> RunResult:
+    """Train one run of ``spec`` and write its checkpoint; raises DataError/ValueError for bad input."""
+    start = time.perf_counter()
+    setup, full, class_names, base_ids, novel_ids, drawn, split_file, weights = _prepare(spec, warn)
     config = TrainConfig(epochs=spec.n_epochs, batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed,
                          mode="exact" if spec.exact else "fast", views=spec.views, loss_weights=weights)
     data = LabelledImages.from_records(drawn, setup.class_names)

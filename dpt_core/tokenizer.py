@@ -23,10 +23,6 @@ class TokenBatch:
     ids: torch.Tensor  # [N, L] long
     mask: torch.Tensor  # [N, L] long, 1 for real tokens (incl. [CLS]/[SEP]), 0 for padding
 
-    @property
-    def lengths(self) -> torch.Tensor:
-        return self.mask.sum(dim=1)
-
     def to(self, device: torch.device | str) -> "TokenBatch":
         return TokenBatch(self.ids.to(device), self.mask.to(device))
 

@@ -49,6 +49,10 @@ class PromptedImageEncoder(nn.Module):
             self.prompts = nn.Parameter(zeros)
         else:
             self.register_buffer("prompts", zeros, persistent=False)
+        # The hook point of explanations: the token sequence entering the last block, the last point
+        # where patch tokens still reach the pooled CLS token. A module of this encoder, not of the
+        # shared trunk, so Grad-CAM's hooks see only the forwards of the encoder it was given.
+        self.tap = nn.Identity()
 
     @property
     def n_prompts(self) -> int:
@@ -82,9 +86,10 @@ class PromptedImageEncoder(nn.Module):
         x = t.norm_pre(x)
         if self.config.layout == "insert":
             x = self._with_prompts(x, insert=True)
-        for block in t.blocks:
+        last = len(t.blocks) - 1
+        for i, block in enumerate(t.blocks):
             x = self._with_prompts(x, insert=False)  # deep prompts: reset before every block
-            x = block(x)
+            x = block(self.tap(x) if i == last else x)
         return t.norm(x)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -20,14 +20,18 @@ from conftest import BTMRI, class_files, class_image, synthetic_image
 from conftest import FEWSHOT_UI as UI
 from PIL import Image
 
-from app import fewshot_jobs as jobs
-from app import fewshot_tab as tab
-from app.fewshot_jobs import FewShotError, Limits, TrainSettings
+from app import export, jobs, uploads, zip_import
+from app.fewshot import handlers as tab
+from app.fewshot import layout, view
 from app.job_channel import MemoryChannel
 from app.services import CUSTOM, Services
 from app.session import new_session_state, session_dir, trained_checkpoints
+from app.uploads import Limits
+from dpt_core import errors, fewshot
 from dpt_core.checkpoint import TENSOR_KEYS, read_folder
+from dpt_core.errors import FewShotError
 from dpt_core.features import encode_images
+from dpt_core.fewshot import TrainSettings
 from dpt_core.predictor import Predictor
 from dpt_core.recipes import recipe_of
 from dpt_core.workflow import setup_classes, setup_from_checkpoint, zero_shot_model
@@ -87,7 +91,7 @@ def _run(services, state, pending, key="session-a", on_yield=None) -> tuple[dict
 
 
 def _handles():
-    from app.predict_tab import checkpoint_update
+    from app.choices import checkpoint_update
 
     return SimpleNamespace(checkpoint_update=checkpoint_update)
 
@@ -95,12 +99,12 @@ def _handles():
 # ---------------------------------------------------------------------------- class list and uploads
 
 def test_class_names_parse_and_limit():
-    assert jobs.parse_class_names("a\nb\n\n c ") == ["a", "b", "c"]
-    assert jobs.parse_class_names("a, b") == ["a", "b"]
+    assert uploads.parse_class_names("a\nb\n\n c ") == ["a", "b", "c"]
+    assert uploads.parse_class_names("a, b") == ["a", "b"]
     with pytest.raises(FewShotError, match="at most 8 classes"):
-        jobs.parse_class_names("\n".join(f"class {i}" for i in range(9)))
+        uploads.parse_class_names("\n".join(f"class {i}" for i in range(9)))
     with pytest.raises(FewShotError, match="duplicate"):
-        jobs.parse_class_names("Glioma\nglioma")
+        uploads.parse_class_names("Glioma\nglioma")
 
 
 def test_cards_follow_the_class_list():
@@ -128,20 +132,20 @@ def test_preset_fills_classes_and_loss_weights():
 def test_missing_class_images(tmp_path):
     files = class_files(tmp_path, 2, 3) + [[]]
     with pytest.raises(FewShotError, match="at least one image.*normal brain"):
-        jobs.load_class_images(BTMRI, files)
+        uploads.load_class_images(BTMRI, files)
 
 
 def test_too_many_images_per_class(tmp_path):
     files = class_files(tmp_path, 1, 4)
     files[1] = files[1] * 33
     with pytest.raises(FewShotError, match="At most 32 images per class.*meningioma tumor \\(33\\)"):
-        jobs.load_class_images(BTMRI, files)
+        uploads.load_class_images(BTMRI, files)
 
 
 def test_total_upload_size(tmp_path):
     files = class_files(tmp_path, 2, 4)
     with pytest.raises(FewShotError, match="add up to .*the limit is"):
-        jobs.load_class_images(BTMRI, files, Limits(max_total_bytes=1000))
+        uploads.load_class_images(BTMRI, files, Limits(max_total_bytes=1000))
 
 
 def test_non_image_renamed_png_is_refused(tmp_path):
@@ -150,21 +154,21 @@ def test_non_image_renamed_png_is_refused(tmp_path):
     fake.write_text("patient notes, not pixels")
     files[2].append(str(fake))
     with pytest.raises(FewShotError, match="pituitary tumor: Could not read 'report.png'"):
-        jobs.load_class_images(BTMRI, files)
-    summary = jobs.summarize_card(files[2])  # the card says so too, before training
+        uploads.load_class_images(BTMRI, files)
+    summary = uploads.summarize_card(files[2])  # the card says so too, before training
     assert summary.n_images == 2 and "1 unreadable" in summary.text()
 
 
 def test_decodes_dicom_and_counts_thumbnails(tmp_path):
     examples = Path(__file__).resolve().parent.parent / "assets" / "examples"
-    summary = jobs.summarize_card([str(examples / "ct_small.dcm"), str(examples / "ct_small.png")])
+    summary = uploads.summarize_card([str(examples / "ct_small.dcm"), str(examples / "ct_small.png")])
     assert summary.n_images == 2 and not summary.problems
     assert max(summary.thumbnails[0][0].size) <= 96 and summary.text() == "2 images"
 
 
 def test_consent_unchecked(services, state, tmp_path):
     with pytest.raises(FewShotError, match="de-identified"):
-        jobs.check_consent(False)
+        uploads.check_consent(False)
     with pytest.raises(gr.Error, match="de-identified"):
         _prepare(services, state, class_files(tmp_path, 1), consent=False)
 
@@ -174,11 +178,11 @@ def test_defaults_follow_the_device(services):
     cpu, gpu = TrainSettings.from_setup(setup), TrainSettings.from_setup(setup, gpu=True)
     assert recipe_of(cpu.train_config()) == "cpu-fewshot"  # the library's defaults (dpt_core.recipes)
     assert recipe_of(gpu.train_config()) == "gpu-fewshot"
-    assert (gpu.epochs, gpu.batch_size) == (100, 4) and jobs.default_batch(True) == 4  # the paper's on a GPU
-    assert cpu.batch_size == jobs.default_batch(False) and (cpu.l1, cpu.kl) == (12.5, 0.25)
+    assert (gpu.epochs, gpu.batch_size) == (100, 4) and fewshot.default_batch(True) == 4  # the paper's on a GPU
+    assert cpu.batch_size == fewshot.default_batch(False) and (cpu.l1, cpu.kl) == (12.5, 0.25)
     assert not tab._uses_gpu(services)  # tiny on CPU, loaded
     lazy = Services("tiny", device="cpu")
-    assert not tab._uses_gpu(lazy) and not lazy.loaded  # decided without loading the backbone
+    assert not layout._uses_gpu(lazy) and not lazy.loaded  # decided without loading the backbone
 
 
 def test_bad_settings_are_explained():
@@ -195,7 +199,7 @@ def test_zip_sorts_folders_into_classes(tmp_path):
     members |= {f"export/normal_brain/{i}.png": _png_bytes(1, i) for i in range(2)}
     members |= {"export/cats/0.png": _png_bytes(2, 0), "export/README.txt": b"hello", "__MACOSX/x": b"",
                 "export/normal_brain/.DS_Store": b"junk"}
-    result = jobs.import_zip(_zip(tmp_path / "d.zip", members), BTMRI, tmp_path / "out")
+    result = zip_import.import_zip(_zip(tmp_path / "d.zip", members), BTMRI, tmp_path / "out")
     assert [len(f) for f in result.files] == [3, 0, 0, 2]
     assert result.unknown_folders == ["cats"]
     report = result.report()
@@ -205,14 +209,14 @@ def test_zip_sorts_folders_into_classes(tmp_path):
 
 def test_zip_folders_become_custom_classes(tmp_path):
     members = {f"{c}/{i}.png": _png_bytes(k, i) for k, c in enumerate(["benign", "malignant_tumour"]) for i in range(2)}
-    result = jobs.import_zip(_zip(tmp_path / "d.zip", members), None, tmp_path / "out")
+    result = zip_import.import_zip(_zip(tmp_path / "d.zip", members), None, tmp_path / "out")
     assert result.class_names == ["benign", "malignant tumour"] and [len(f) for f in result.files] == [2, 2]
 
 
 def test_zip_with_unknown_folders_only(tmp_path):
     z = _zip(tmp_path / "d.zip", {"cats/0.png": _png_bytes(0, 0), "dogs/0.png": _png_bytes(1, 0)})
     with pytest.raises(FewShotError, match="No folder in the zip matches a class.*cats, dogs"):
-        jobs.import_zip(z, BTMRI, tmp_path / "out")
+        zip_import.import_zip(z, BTMRI, tmp_path / "out")
 
 
 @pytest.mark.parametrize("name", ["../evil.png", "glioma_tumor/../../evil.png", "/etc/evil.png",
@@ -220,7 +224,7 @@ def test_zip_with_unknown_folders_only(tmp_path):
 def test_zip_path_traversal_is_refused(tmp_path, name):
     z = _zip(tmp_path / "d.zip", {"glioma_tumor/ok.png": _png_bytes(0, 0), name: _png_bytes(0, 1)})
     with pytest.raises(FewShotError, match="outside its own folder"):
-        jobs.import_zip(z, BTMRI, tmp_path / "out")
+        zip_import.import_zip(z, BTMRI, tmp_path / "out")
     assert not (tmp_path / "out").exists() and not (tmp_path / "evil.png").exists()
 
 
@@ -232,7 +236,7 @@ def test_zip_bomb_is_refused_before_extraction(tmp_path):
             fh.write(bytes(2**20))
     assert path.stat().st_size < 2**20
     with pytest.raises(FewShotError, match="zip bomb"):
-        jobs.import_zip(path, BTMRI, tmp_path / "out")
+        zip_import.import_zip(path, BTMRI, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -240,17 +244,17 @@ def test_zip_total_size_and_member_count(tmp_path):
     members = {f"glioma_tumor/{i}.png": _png_bytes(0, i) for i in range(4)}
     z = _zip(tmp_path / "d.zip", members)
     with pytest.raises(FewShotError, match="unpacks to .*the limit is"):
-        jobs.import_zip(z, BTMRI, tmp_path / "out", Limits(max_total_bytes=2000))
+        zip_import.import_zip(z, BTMRI, tmp_path / "out", Limits(max_total_bytes=2000))
     with pytest.raises(FewShotError, match="4 entries; the limit is 3"):
-        jobs.import_zip(z, BTMRI, tmp_path / "out", Limits(max_zip_members=3))
+        zip_import.import_zip(z, BTMRI, tmp_path / "out", Limits(max_zip_members=3))
     with pytest.raises(FewShotError, match="At most 2 images per class"):
-        jobs.import_zip(z, BTMRI, tmp_path / "out", Limits(max_per_class=2))
+        zip_import.import_zip(z, BTMRI, tmp_path / "out", Limits(max_per_class=2))
 
 
 def test_zip_member_that_is_not_an_image(tmp_path):
     z = _zip(tmp_path / "d.zip", {"glioma_tumor/a.png": _png_bytes(0, 0), "glioma_tumor/b.png": b"%PDF-1.4 nope"})
     with pytest.raises(FewShotError, match="'glioma_tumor/b.png' in the zip is not an image"):
-        jobs.import_zip(z, BTMRI, tmp_path / "out")
+        zip_import.import_zip(z, BTMRI, tmp_path / "out")
 
 
 def test_zip_symlink_and_garbage(tmp_path):
@@ -260,11 +264,11 @@ def test_zip_symlink_and_garbage(tmp_path):
         info.external_attr = (0o120777 << 16)
         zf.writestr(info, "/etc/passwd")
     with pytest.raises(FewShotError, match="symbolic links"):
-        jobs.import_zip(path, BTMRI, tmp_path / "out")
+        zip_import.import_zip(path, BTMRI, tmp_path / "out")
     junk = tmp_path / "junk.zip"
     junk.write_bytes(b"not a zip at all")
     with pytest.raises(FewShotError, match="not a zip file"):
-        jobs.import_zip(junk, BTMRI, tmp_path / "out")
+        zip_import.import_zip(junk, BTMRI, tmp_path / "out")
 
 
 def test_zip_handler_fills_the_cards(state, tmp_path):
@@ -313,18 +317,19 @@ def test_train_use_predict_round_trip(services, state, tmp_path):
 @pytest.mark.slow
 def test_features_are_encoded_once_and_reused(services, tmp_path, monkeypatch):
     calls = []
-    real = jobs.encode_images
-    monkeypatch.setattr(jobs, "encode_images", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
-    from dpt_core import workflow
+    from dpt_core import fewshot  # the run lives in the library
 
+    real = fewshot.encode_images
+    monkeypatch.setattr(fewshot, "encode_images", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
     from dpt_core import train as train_mod
+    from dpt_core import workflow
 
     monkeypatch.setattr(workflow, "encode_images", lambda *a, **k: pytest.fail("prepare_training re-encoded"))
     views = []
     real_train = train_mod.encode_images
     monkeypatch.setattr(train_mod, "encode_images", lambda *a, **k: views.append(len(a[1])) or real_train(*a, **k))
     setup = services.setup("btmri")
-    data = jobs.load_class_images(BTMRI, class_files(tmp_path, 4))
+    data = uploads.load_class_images(BTMRI, class_files(tmp_path, 4))
     r = jobs.run_fewshot(services.backbone, setup, data, TrainSettings.from_setup(setup, epochs=3, views=2),
                          tmp_path / "ck")
     assert calls == [16] and r.n_train == 12 and r.check.n_images == 4
@@ -334,12 +339,12 @@ def test_features_are_encoded_once_and_reused(services, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_too_few_images_for_a_held_out_check(services, tmp_path):
     setup = services.setup("btmri")
-    data = jobs.load_class_images(BTMRI, class_files(tmp_path, 3))
+    data = uploads.load_class_images(BTMRI, class_files(tmp_path, 3))
     r = jobs.run_fewshot(services.backbone, setup, data, TrainSettings.from_setup(setup, **FAST), tmp_path / "ck")
     assert r.check is None and r.n_train == 12
-    text = tab.summary_markdown(r)
+    text = view.summary_markdown(r)
     assert "No held-out check" in text and "at least 4 images" in text and "%" not in text
-    assert tab.per_class_frame(r).empty and tab.confusion_frame(r).empty
+    assert view.per_class_frame(r).empty and view.confusion_frame(r).empty
     metrics = read_folder(r.folder).config["metrics"]
     assert "heldout_accuracy" not in metrics and "No held-out check" in metrics["heldout_check"]
 
@@ -347,10 +352,10 @@ def test_too_few_images_for_a_held_out_check(services, tmp_path):
 @pytest.mark.slow
 def test_stop_mid_training_keeps_a_usable_checkpoint(services, tmp_path):
     setup = services.setup("btmri")
-    data = jobs.load_class_images(BTMRI, class_files(tmp_path, 4))
+    data = uploads.load_class_images(BTMRI, class_files(tmp_path, 4))
 
     class StopAfterTwoEpochs(MemoryChannel):
-        def report(self, status: jobs.Status) -> None:
+        def report(self, status: fewshot.Status) -> None:
             super().report(status)
             if len(status.epochs) >= 2:  # from the on_step callback, after two complete epochs
                 self.request_stop()
@@ -363,7 +368,7 @@ def test_stop_mid_training_keeps_a_usable_checkpoint(services, tmp_path):
     assert "stopped early" in ckpt.config["metrics"]["caveat"]
     pred = Predictor(services.backbone, BTMRI, setup.templates, setup.descriptions, checkpoint=ckpt)
     assert pred.predict([data.images[0]])[0].prediction in BTMRI
-    assert "Stopped early" in tab.summary_markdown(r)
+    assert "Stopped early" in view.summary_markdown(r)
 
 
 @pytest.mark.slow
@@ -387,10 +392,10 @@ def test_stop_button_ends_the_session_job(services, state, tmp_path):
 
 def test_stop_before_training_saves_nothing(services, tmp_path):
     setup = services.setup("btmri")
-    data = jobs.load_class_images(BTMRI, class_files(tmp_path, 1))
+    data = uploads.load_class_images(BTMRI, class_files(tmp_path, 1))
     stopped = MemoryChannel()
     stopped.request_stop()
-    with pytest.raises(jobs.TrainingStopped):
+    with pytest.raises(errors.TrainingStopped):
         jobs.run_fewshot(services.backbone, setup, data, TrainSettings.from_setup(setup, **FAST), tmp_path / "ck",
                          channel=stopped)
     assert not (tmp_path / "ck").exists()
@@ -411,7 +416,7 @@ def test_one_training_at_a_time_reports_waiting():
     waiting = jobs.TrainingJob(lambda channel: "never", lock=lock).start()
     time.sleep(0.1)
     waiting.stop()  # Stop while queued behind another training
-    assert waiting.wait(5) and isinstance(waiting.error, jobs.TrainingStopped)
+    assert waiting.wait(5) and isinstance(waiting.error, errors.TrainingStopped)
     assert third_blocker.wait(5)
 
 
@@ -488,16 +493,16 @@ def trained(services, tmp_path_factory):
     """One small checkpoint (ranked teacher: the most tensors a checkpoint can hold) and its data."""
     tmp = tmp_path_factory.mktemp("trained")
     setup = services.setup("btmri")
-    data = jobs.load_class_images(BTMRI, class_files(tmp, 4))
+    data = uploads.load_class_images(BTMRI, class_files(tmp, 4))
     r = jobs.run_fewshot(services.backbone, setup, data, TrainSettings.from_setup(setup, teacher="ranked", **FAST),
-                         jobs.new_checkpoint_dir(tmp, "btmri"), data_description="16 synthetic PNGs")
+                         export.new_checkpoint_dir(tmp, "btmri"), data_description="16 synthetic PNGs")
     return r, data
 
 
 @pytest.mark.slow
 def test_checkpoint_zip_contents(trained, tmp_path):
     r, _ = trained
-    archive = jobs.zip_checkpoint(r.folder, tmp_path / "ck.zip")
+    archive = export.zip_checkpoint(r.folder, tmp_path / "ck.zip")
     with zipfile.ZipFile(archive) as zf:
         names = sorted(zf.namelist())
         card = zf.read(f"{r.folder.name}/README.md").decode()
@@ -512,7 +517,7 @@ def test_checkpoint_zip_contents(trained, tmp_path):
 @pytest.mark.slow
 def test_checkpoint_holds_prompt_tensors_only(services, trained):
     r, data = trained
-    shapes = jobs.tensor_names(r.folder)
+    shapes = export.tensor_names(r.folder)
     assert set(shapes) <= set(TENSOR_KEYS) and "text_ctx" in shapes
     assert set(shapes) == {"text_ctx", "teacher.features", "combine.query", "combine.score_gain"}
     n_ctx, width = shapes["text_ctx"]
@@ -529,7 +534,7 @@ def test_checkpoint_holds_prompt_tensors_only(services, trained):
 @pytest.mark.slow
 def test_description_edited_after_training_reaches_card_and_zip(trained, tmp_path):
     r, _ = trained
-    archive = jobs.zip_checkpoint(r.folder, tmp_path / "ck.zip")
+    archive = export.zip_checkpoint(r.folder, tmp_path / "ck.zip")
     last = {"folder": str(r.folder), "zip": str(archive)}
     update = tab.on_description(last, "Edited: 16 synthetic images, no patients.")
     assert update["value"] == str(archive)
@@ -543,7 +548,7 @@ def test_push_uses_the_token_and_is_private_by_default(trained, monkeypatch):
     r, _ = trained
     last = {"folder": str(r.folder)}
     calls = []
-    monkeypatch.setattr(jobs, "push_folder", lambda folder, repo, token, private: calls.append(
+    monkeypatch.setattr(export, "push_folder", lambda folder, repo, token, private: calls.append(
         (folder, repo, token, private)) or f"https://huggingface.co/{repo}")
     assert "private" in tab.push(last, "me/dpt-test", "hf_typed", True)
     oauth = gr.OAuthToken(token="hf_oauth", scope="write-repos", expires_at=0)
@@ -559,7 +564,7 @@ def test_push_uses_the_token_and_is_private_by_default(trained, monkeypatch):
     def offline(*a, **k):
         raise HubError("push to me/dpt-test: the Hub is not reachable in offline mode (HF_HUB_OFFLINE is set)")
 
-    monkeypatch.setattr(jobs, "push_folder", offline)
+    monkeypatch.setattr(export, "push_folder", offline)
     with pytest.raises(gr.Error, match="Push failed: .*offline"):
         tab.push(last, "me/dpt-test", "hf_x", True)
 
@@ -574,6 +579,6 @@ def test_large_uploads_are_reduced_for_training_small_ones_kept(tmp_path):
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (1600, 2000), dtype=np.uint8)).save(big)
     small = tmp_path / "small.png"
     class_image(0, 1).save(small)
-    data = jobs.load_class_images(["a", "b"], [[str(big)], [str(small)]])
+    data = uploads.load_class_images(["a", "b"], [[str(big)], [str(small)]])
     assert data.images[0].size == (1000, 800)  # short side 800, aspect kept
     assert data.images[1].size == Image.open(small).size

@@ -19,8 +19,9 @@ import torch
 from PIL import Image
 
 from app import formatting as fmt
+from app.choices import PREDICTED, ZERO_SHOT, checkpoint_choices
 from app.main import banner_html, build_demo
-from app.predict_tab import PREDICTED, ZERO_SHOT, PredictController, checkpoint_choices
+from app.predict.handlers import PredictController
 from app.services import Services
 from app.session import (
     add_trained,
@@ -129,7 +130,7 @@ def test_services_are_lazy():
 
 @pytest.mark.slow
 def test_importing_app_loads_no_backbone():
-    code = ("import app, app.main, app.predict_tab, app.services, app.session, app.formatting;"
+    code = ("import app, app.main, app.predict.handlers, app.fewshot.layout, app.services, app.session, app.formatting;"
             "from dpt_core import backbone; assert not backbone._CACHE, backbone._CACHE")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=300)
 
@@ -286,9 +287,10 @@ def test_upload_preview_and_frame_slider(ctl, tmp_path, ct_path):
 
     multi = str(write_dicom(tmp_path / "multi.dcm", frames=5))
     slider, preview, info, *_ = ctl.on_upload(multi)
-    assert slider["visible"] is True and slider["maximum"] == 4 and slider["value"] == 2
+    # one numbering, from 1, for the slider and the summary line
+    assert slider["visible"] is True and slider["minimum"] == 1 and slider["maximum"] == 5 and slider["value"] == 3
     assert "frame 3 of 5" in info and "modality MR" in info and "body part BRAIN" in info
-    last, info_last, *cleared = ctl.on_frame(multi, 4)
+    last, info_last, *cleared = ctl.on_frame(multi, 5)
     assert all(v in (None, "") for v in cleared)
     assert "frame 5 of 5" in info_last and not np.array_equal(np.asarray(last), np.asarray(preview))
     assert "frame 7 does not exist" in error_of(ctl.on_frame, multi, 7)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from app import formatting as fmt
-from app.predict_tab import PREDICTED, ZERO_SHOT, PredictController
+from app.choices import PREDICTED, ZERO_SHOT
+from app.predict.handlers import PredictController
 from app.services import Services
 from app.session import add_trained, new_session_state, session_dir
 from dpt_core.calibration import fit_calibration

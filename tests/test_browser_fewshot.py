@@ -6,6 +6,7 @@ training and one after the prediction are written under ``tmp_path``.
 """
 from __future__ import annotations
 
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -50,8 +51,41 @@ def _class_images(tmp_path: Path) -> list[list[str]]:
     return out
 
 
+def _choose(page, elem_id: str, option: str) -> None:
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=option).click()
+
+
+def _label_percents(text: str) -> dict[str, float]:
+    """gr.Label's text ("class\n63%" per row, the top class first as a heading) as {class: percent}."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return {name: float(value.rstrip("%")) for name, value in zip(lines, lines[1:])
+            if name in CLASSES and value.endswith("%")}
+
+
+def _cli_predict(checkpoint: Path, image: Path) -> dict:
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "dpt_core", "predict", str(image), "--backbone", "tiny",
+                          "--checkpoint", str(checkpoint), "--json"],
+                         capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
 def test_train_then_predict_in_the_browser(page, tmp_path):
     from playwright.sync_api import expect
+
+    # Predict starts on another preset with its own results: "Use in Predict" must still switch
+    # preset, checkpoint and classes, and the next prediction must be the checkpoint's.
+    _choose(page, "preset", "Knee osteoarthritis X-ray (kneexray)")
+    expect(page.locator("#class-table")).to_contain_text("severe", timeout=TIMEOUT_MS)
+    page.locator("#scan-file input[type=file]").set_input_files(str(EXAMPLES / "ct_small.png"))
+    expect(page.locator("#image-info")).not_to_be_empty(timeout=TIMEOUT_MS)
+    page.locator("#predict-btn").click()
+    expect(page.locator("#prediction-label")).to_contain_text("%", timeout=TIMEOUT_MS)
 
     page.get_by_role("tab", name="Few-shot adaptation").click()
     page.locator("#fewshot-classes textarea").fill("\n".join(CLASSES))
@@ -75,7 +109,7 @@ def test_train_then_predict_in_the_browser(page, tmp_path):
     expect(summary).to_contain_text("Held-out check", timeout=TIMEOUT_MS)
     expect(summary).to_contain_text("adapted prompt")
     expect(page.locator("#fewshot-download")).to_be_visible()
-    expect(page.locator("#fewshot-loss .role-legend")).to_contain_text("total")
+    expect(page.locator("#fewshot-loss .role-legend")).to_contain_text("total", timeout=TIMEOUT_MS)
     assert page.locator("#fewshot-loss .mark-line path").count() == 4  # total, ce, l1, kl drawn
     page.screenshot(path=str(tmp_path / "fewshot_result.png"), full_page=True)
     with page.expect_download() as download:
@@ -88,17 +122,34 @@ def test_train_then_predict_in_the_browser(page, tmp_path):
 
     page.locator("#fewshot-use").click()
     expect(page.get_by_role("tab", name="Predict")).to_have_attribute("aria-selected", "true")
-    page.locator("#scan-file input[type=file]").set_input_files(str(EXAMPLES / "mr_shoulder.png"))
-    expect(page.locator("#image-info")).not_to_be_empty(timeout=TIMEOUT_MS)
-    page.locator("#predict-btn").click()
+    expect(page.locator("#preset input")).to_have_value("Brain tumour MRI (btmri)", timeout=TIMEOUT_MS)
+    expect(page.locator("#checkpoint input")).to_have_value(re.compile("trained in this session"))
+    table = page.locator("#class-table")
+    expect(table).to_contain_text("normal brain", timeout=TIMEOUT_MS)
+    expect(table).not_to_contain_text("meningioma")  # the checkpoint's two classes, not the preset's four
+    expect(table).not_to_contain_text("severe")
     label = page.locator("#prediction-label")
+    expect(label).not_to_contain_text("%")  # the knee results went with the knee classes
+    page.locator("#predict-btn").click()  # the scan uploaded at the start is still there
     page.wait_for_function(
         "names => names.some(n => (document.querySelector('#prediction-label')?.innerText || '').includes(n))",
         arg=CLASSES, timeout=TIMEOUT_MS)
-    text = label.inner_text()
-    assert any(c in text for c in CLASSES)
-    assert "meningioma" not in text  # the checkpoint's two classes, not the preset's four
+    expect(label).to_contain_text("%")
+    shown = _label_percents(label.inner_text())
     page.screenshot(path=str(tmp_path / "fewshot_predict.png"), full_page=True)
+
+    # The same prediction as the command line with the downloaded checkpoint.
+    folder = tmp_path / "downloaded"
+    with zipfile.ZipFile(archive) as zf:
+        zf.extractall(folder)
+    config = next(folder.rglob("config.json"))
+    cli = _cli_predict(config.parent, EXAMPLES / "ct_small.png")
+    assert cli["classes"] == CLASSES
+    probs = cli["results"][0]["probs"]
+    assert set(shown) == set(CLASSES), label.inner_text()
+    for name in CLASSES:
+        assert abs(shown[name] - 100 * probs[name]) <= 1.0, (shown, probs)
+    assert max(shown, key=shown.get) == cli["results"][0]["prediction"]
     print(f"screenshots: {tmp_path}")
 
 

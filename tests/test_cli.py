@@ -160,7 +160,8 @@ def test_aggregate_means_over_seeds_then_datasets(capsys, tmp_path):
         d.mkdir(parents=True)
         (d / "config.json").write_text(json.dumps({"method": "biomed-dpt", "preset": preset, "metrics": metrics,
                                                    "training": {"protocol": protocol, "shots": shots, "seed": seed}}))
-    ck("btmri", 1, 1, {"accuracy": 0.5}); ck("btmri", 1, 2, {"accuracy": 0.7})  # mean 60
+    ck("btmri", 1, 1, {"accuracy": 0.5})
+    ck("btmri", 1, 2, {"accuracy": 0.7})  # mean 60
     ck("busi", 1, 1, {"accuracy": 0.8})  # 80 -> K=1 mean 70
     ck("btmri", 16, 1, {"base_accuracy": 0.9, "novel_accuracy": 0.6}, "base2novel")
     code, out, _ = run(capsys, "aggregate", tmp_path, "--json")

@@ -13,17 +13,19 @@ import torch
 from conftest import BTMRI, FEWSHOT_UI, class_files, class_image, synthetic_image
 from PIL import Image
 
-from app import fewshot_jobs as jobs
-from app import fewshot_tab as tab
+from app import jobs
 from app import zerogpu_sim as sim
 from app.device import make_calls
-from app.fewshot_jobs import TrainSettings
+from app.fewshot import handlers as tab
 from app.job_channel import FileChannel, MemoryChannel, Status
 from app.services import Services
 from app.session import cleanup_session_state, new_session_state, session_dir
+from dpt_core import fewshot
 from dpt_core.checkpoint import read_folder
 from dpt_core.describe import GenerationError
+from dpt_core.fewshot import TrainSettings
 from dpt_core.workflow import setup_from_checkpoint
+
 
 @pytest.fixture(scope="module")
 def local(tiny):
@@ -41,10 +43,10 @@ def _image(label: int = 0, seed: int = 0) -> Image.Image:
     return synthetic_image(label, np.random.default_rng(seed), 96)
 
 
-def _data(n_per_class: int) -> jobs.LabelledImages:
+def _data(n_per_class: int) -> fewshot.LabelledImages:
     images = [class_image(c, 100 * c + i) for c in range(4) for i in range(n_per_class)]
     labels = torch.tensor([c for c in range(4) for _ in range(n_per_class)])
-    return jobs.LabelledImages(images, labels, BTMRI)
+    return fewshot.LabelledImages(images, labels, BTMRI)
 
 
 # ---------------------------------------------------------------------------- the simulator itself
@@ -170,7 +172,7 @@ def test_stop_reaches_a_training_in_another_process(zero, tmp_path):
 
     phases = zero.calls.fewshot_phases(zero.ref)
     wrapper = StopAfterTwoSlots(phases)
-    r = jobs.run_fewshot(jobs.Phases(phases.prepare, wrapper.train, phases.finish), setup, data,
+    r = jobs.run_fewshot(fewshot.Phases(phases.prepare, wrapper.train, phases.finish), setup, data,
                          TrainSettings.from_setup(setup, epochs=20, views=1), tmp_path / "ck", "", channel, 0.0)
     assert r.stopped and r.epochs_completed == 2
     assert read_folder(r.folder).config["training"]["stopped_early"] is True
@@ -234,7 +236,8 @@ def test_no_model_work_runs_in_the_server_process(tmp_path):
     """On ZeroGPU the server process has no GPU: every forward must happen inside a GPU call."""
     import os
 
-    from app.predict_tab import ZERO_SHOT, PredictController
+    from app.choices import ZERO_SHOT
+    from app.predict.handlers import PredictController
     from dpt_core.backbone import load_backbone
 
     server = os.getpid()

@@ -291,7 +291,7 @@ def test_default_is_the_16_shot_seed_1_biomed_dpt_checkpoint_else_zero_shot():
 
 def test_app_picker_uses_the_registry_default_and_labels(monkeypatch):
     import dpt_core.registry as registry
-    from app import predict_tab
+    from app import choices as predict_tab
 
     monkeypatch.setattr(registry, "registry_entries", lambda: tuple(ENTRIES))
     choices = predict_tab.checkpoint_choices("btmri", None)
@@ -349,14 +349,23 @@ def test_sweep_without_the_dataset_folders_is_one_error_line(busi, tmp_path, cap
     assert "BTMRI, RETINA" in err and "BUSI" not in err.split("folder(s)")[1].split("(")[0]
 
 
-def test_train_holdout_on_biomedcoop_layout_records_both_parts_of_the_draw(busi, tmp_path, capsys):
-    code = main(["train", "--backbone", "tiny", "--preset", "busi", "--data", str(busi), "--shots", "4",
-                 "--epochs", "1", "--seed", "1", "--holdout", "0.5", "--json", "--out", str(tmp_path / "ck")])
-    out = json.loads(capsys.readouterr().out)
-    assert code == 0 and out["calibration"] is not None and "accuracy" in out["metrics"]
+def test_holdout_run_on_biomedcoop_layout_records_both_parts_of_the_draw(busi, tiny, tmp_path):
+    from dpt_core.runs import RunSpec, run_training
+
+    spec = RunSpec(data=str(busi), out=str(tmp_path / "ck"), shots=4, seed=1, preset="busi", epochs=1,
+                   exact=False, views=1, holdout=0.5)
+    result = run_training(spec, tiny)
+    assert result.holdout is not None and "accuracy" in result.test_metrics
     cfg = json.loads((tmp_path / "ck" / "config.json").read_text())
     rows = json.loads((busi / "split_BUSI.json").read_text())["train"]
     trained, held = cfg["data"]["train_images"], cfg["data"]["heldout_images"]
     assert len(trained) == len(held) == 6 and not set(trained) & set(held)
     assert sorted(trained + held) == sorted(dassl_draw(rows, 4, 1))
     assert cfg["training"]["steps_per_epoch"] == 6 // 4 and "calibration" in cfg
+
+
+def test_cli_train_holdout_uses_the_few_shot_run_on_the_biomedcoop_layout(busi, tmp_path, capsys):
+    code = main(["train", "--backbone", "tiny", "--preset", "busi", "--data", str(busi), "--shots", "4",
+                 "--epochs", "1", "--seed", "1", "--holdout", "0.5", "--json", "--out", str(tmp_path / "ck")])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["holdout"] is not None and (tmp_path / "ck" / "config.json").is_file()

@@ -69,7 +69,8 @@ def test_error_messages_name_the_file_not_the_server_folder(tmp_path):
 
 
 def test_zip_bomb_upload_is_refused_before_writing(tmp_path):
-    from app.fewshot_jobs import FewShotError, import_zip
+    from app.zip_import import import_zip
+    from dpt_core.errors import FewShotError
 
     upload = tmp_path / "upload.zip"
     with zipfile.ZipFile(upload, "w", compression=zipfile.ZIP_DEFLATED) as zf:

@@ -13,7 +13,8 @@ import gradio as gr
 import pytest
 
 from app import formatting as fmt
-from app.predict_tab import ALLOW_LOCAL_ENV, PredictController
+from app.choices import ALLOW_LOCAL_ENV
+from app.predict.handlers import PredictController
 from app.redact import hide_paths
 from app.services import Services
 from dpt_core.checkpoint import CheckpointError

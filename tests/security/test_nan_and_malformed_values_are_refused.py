@@ -96,7 +96,8 @@ def test_finite_json_replaces_every_non_finite_number():
 @pytest.mark.parametrize("field, value", [("seed", 10**30), ("seed", -5), ("seed", float("inf")), ("lr", float("nan")),
                                           ("kl", float("inf"))])
 def test_the_few_shot_tab_names_bad_settings(field, value):
-    from app.fewshot_jobs import FewShotError, TrainSettings
+    from dpt_core.errors import FewShotError
+    from dpt_core.fewshot import TrainSettings
 
     with pytest.raises(FewShotError, match="Advanced settings"):
         TrainSettings(**{field: value}).checked()

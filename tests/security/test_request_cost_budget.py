@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import dpt_core.limits as limits
-from app.predict_tab import parse_classes_text, parse_descriptions_text
+from app.choices import parse_classes_text, parse_descriptions_text
 from app.services import Services
 from dpt_core.limits import BudgetError, check_text_budget
 from dpt_core.prompt_bank import encode_cached
@@ -89,7 +89,7 @@ def test_class_names_have_a_length_limit(services):
 
 
 def test_upload_batches_have_a_decoded_pixel_budget(tmp_path, monkeypatch):
-    import app.fewshot_jobs as jobs
+    import app.uploads as jobs
 
     decoded = []
     monkeypatch.setattr(jobs, "load_image", lambda p: decoded.append(p))
@@ -124,7 +124,7 @@ def test_a_zip_of_huge_images_is_refused_before_decoding(tmp_path, monkeypatch):
     import io
     import zipfile
 
-    import app.fewshot_jobs as jobs
+    import app.zip_import as jobs
 
     decoded = []
     monkeypatch.setattr(jobs, "load_image", lambda data: decoded.append(data))
@@ -151,7 +151,7 @@ def test_an_api_caller_gets_the_budget_message_before_any_work(tiny, ct_path, en
 
     import gradio as gr
 
-    from app.predict_tab import PredictController
+    from app.predict.handlers import PredictController
 
     classes = ["glioma tumor", "meningioma tumor", "pituitary tumor", "normal brain"]
     descriptions = json.dumps({c: sentences(100, 390) for c in classes})  # 156,000 characters

@@ -1,148 +1,58 @@
-"""The Predict tab: one scan -> prediction, per-source probabilities, prompt contributions, attention.
+"""The Predict tab's handlers: one scan -> prediction, per-source probabilities, contributions, attention.
 
-Layout and event wiring live in ``create_predict_tab``; the handlers are methods
-of ``PredictController`` (plain Python over ``Services``), so tests call them
-without a browser. Every handler turns the errors users can cause into a
-``gr.Error`` with a readable message; anything unexpected is logged (type only,
-details at DEBUG: exception texts of decoders can quote file contents) and
-shown as a generic message, never as a stack trace.
+The handlers are methods of ``PredictController`` (plain Python over ``Services``), so tests
+call them without a browser. Each turns the errors users can cause into a ``gr.Error`` with a
+readable message (``app.errors.user_errors``); the UI wires them through
+``app.errors.shown_beside``, which shows that message beside the control instead.
 
-Public API endpoints (``/predict``, ``/explain``) are separate, simply-typed
-functions on hidden components, so ``gradio_client`` can call them with an
-image file and a preset name and nothing else; the UI's own events are private.
+Public API endpoints (``/predict``, ``/explain``) are separate, simply-typed methods on
+hidden components, so ``gradio_client`` can call them with an image file and a preset
+name and nothing else; the UI's own events are private.
 """
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import reprlib
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any
 
 import gradio as gr
 import pandas as pd
 from PIL import Image
 
-from dpt_core.calibration import COVERAGES, DEFAULT_COVERAGE
-from dpt_core.descriptions import DescriptionsError, class_key, same_classes, validate_descriptions
+from dpt_core.calibration import DEFAULT_COVERAGE
+from dpt_core.descriptions import class_key, same_classes, validate_descriptions
+from dpt_core.errors import InputError
 from dpt_core.explain import Explanation, overlay
-from dpt_core.imageio import LoadedImage, load_image
-from dpt_core.limits import parse_json_field
+from dpt_core.imageio import ImageLoadError, LoadedImage, load_image
 from dpt_core.modality import header_mismatch
 from dpt_core.predictor import MAX_CLASSES, Prediction, check_class_names
-from dpt_core.presets import list_presets, load_preset
-from dpt_core.registry import checkpoint_choices as registry_choices
-from dpt_core.registry import default_checkpoint, entry
+from dpt_core.presets import list_presets
+from dpt_core.registry import entry
 from dpt_core.workflow import ClassSetup
 
-from . import formatting as fmt
-from . import trust_view
-from .description_proposal import ACCEPT_LABEL, proposal_view
-from .examples import EXAMPLES_DIR, ShippedExamples, examples_markdown, load_examples
-from .redact import example_at
-from .services import CUSTOM, Services
-from .session import trained_checkpoints
+from .. import formatting as fmt
+from .. import trust_view
+from ..choices import (
+    ALLOW_LOCAL_ENV,
+    DEFAULT_ALPHA,
+    PREDICTED,
+    ZERO_SHOT,
+    FileValue,
+    checkpoint_update,
+    parse_classes_text,
+    parse_descriptions_text,
+    preset_markdown,
+)
+from ..description_proposal import proposal_view
+from ..errors import user_errors
+from ..examples import EXAMPLES_DIR, ShippedExamples
+from ..redact import example_at
+from ..services import CUSTOM, Services
+from ..session import trained_checkpoints
 
 log = logging.getLogger(__name__)
-
-ZERO_SHOT = "zero-shot"  # checkpoint dropdown value: the preset's clinical template, no checkpoint
-PREDICTED = "__predicted__"  # attention target dropdown value: the predicted class
-DEFAULT_PRESET = "btmri"
-DEFAULT_ALPHA = 0.45
-# Typed local folders as checkpoint ids read the server's disk: off unless the operator allows it.
-ALLOW_LOCAL_ENV = "DPT_ALLOW_LOCAL_CHECKPOINTS"
-FileValue = str | None
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-# ---------------------------------------------------------------------- errors
-
-def user_errors(action: str) -> Callable[[F], F]:
-    """Expected errors -> gr.Error with their message; unexpected ones -> a generic gr.Error."""
-
-    def wrap(fn: F) -> F:
-        @functools.wraps(fn)
-        def inner(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return fn(*args, **kwargs)
-            except gr.Error:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the one place where everything becomes a message
-                message = fmt.friendly_error(exc)
-                if message is None:
-                    log.error("%s failed: %s", action, type(exc).__name__)
-                    log.debug("%s failed", action, exc_info=True)
-                    message = f"Something went wrong while trying to {action}; the error was logged."
-                raise gr.Error(message, print_exception=False) from None
-
-        return inner  # type: ignore[return-value]
-
-    return wrap
-
-
-# ---------------------------------------------------------------------- choices
-
-def preset_choices() -> list[tuple[str, str]]:
-    return [(f"{load_preset(n).title} ({n})", n) for n in list_presets()] + [("Custom classes", CUSTOM)]
-
-
-def checkpoint_choices(preset: str | None, state: dict | None) -> list[tuple[str, str]]:
-    """Zero-shot, the registry's checkpoints of the preset (with their accuracy), then this session's trained ones."""
-    out = [("Zero-shot (clinical template)", ZERO_SHOT)]
-    if preset and preset != CUSTOM:
-        out += registry_choices(preset)
-    out += [(f"{label} (trained in this session)", path) for label, path in trained_checkpoints(state).items()]
-    return out
-
-
-def checkpoint_update(preset: str | None, state: dict | None, value: str | None = None) -> dict:
-    """gr.update for the checkpoint dropdown; the Few-shot tab calls it with its new folder as ``value``.
-
-    Without a value: the preset's registry Biomed-DPT checkpoint (16 shots, seed 1) when there is one,
-    else zero-shot. Nothing is downloaded until the checkpoint is used.
-    """
-    return gr.update(choices=checkpoint_choices(preset, state), value=value or default_checkpoint_value(preset))
-
-
-def default_checkpoint_value(preset: str | None) -> str:
-    return (default_checkpoint(preset) if preset and preset != CUSTOM else None) or ZERO_SHOT
-
-
-def preset_markdown(preset: str | None) -> str:
-    if not preset or preset == CUSTOM:
-        return ("Custom classes: prompt template `a photo of a {}.`; edit the class names below "
-                "(at least two).")
-    p = load_preset(preset)
-    return (f"**{fmt.escape(p.title)}** — {fmt.escape(p.modality)}, {fmt.escape(p.organ)}. "
-            f"Clinical template: `{p.template}` · {len(p.templates)} templates in the ensemble.")
-
-
-def parse_classes_text(text: str | None) -> list[str] | None:
-    """API ``classes``: a JSON list, one name per line, or comma-separated; None/blank -> the preset's."""
-    text = (text or "").strip()
-    if not text:
-        return None
-    if text.startswith("["):
-        value = parse_json_field(text, "classes")  # bounded size and nesting
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ValueError("classes: expected a JSON list of names (strings)")
-        return value
-    parts = text.splitlines() if "\n" in text else text.split(",")
-    return [p.strip() for p in parts if p.strip()]
-
-
-def parse_descriptions_text(text: str | None) -> dict[str, list[str]] | None:
-    """API ``descriptions``: a JSON object {class: [sentences]}; None/blank -> the preset's bank."""
-    text = (text or "").strip()
-    if not text:
-        return None
-    try:
-        raw = parse_json_field(text, "descriptions")  # bounded size and nesting
-    except ValueError as exc:
-        raise DescriptionsError(str(exc)) from None
-    return validate_descriptions(raw, source="descriptions")
 
 
 # ---------------------------------------------------------------------- handlers
@@ -168,13 +78,28 @@ class PredictController:
     @staticmethod
     def load(path: FileValue, frame: float | int | None = None) -> LoadedImage:
         if not path:
-            raise ValueError("upload a scan first (PNG, JPEG, TIFF or DICOM)")
+            raise InputError("upload a scan first (PNG, JPEG, TIFF or DICOM)")
         return load_image(path, None if frame is None else int(frame))
+
+    @classmethod
+    def load_frame(cls, path: FileValue, frame: float | int | None) -> LoadedImage:
+        """The UI's frame numbers count from 1, as the image summary does ("frame 3 of 5");
+        0 or empty means the default (middle) frame."""
+        number = int(frame) if frame not in (None, "") else 0
+        if number <= 0:
+            return cls.load(path)
+        try:
+            return cls.load(path, number - 1)
+        except ImageLoadError:
+            n_frames = cls.load(path).n_frames
+            if number <= n_frames:
+                raise
+            raise InputError(f"frame {number} does not exist; this image has frames 1 to {n_frames}") from None
 
     def setup_from_table(self, preset: str | None, table: Any) -> ClassSetup:
         rows = fmt.table_rows(table)
         if len(rows) > MAX_CLASSES:
-            raise ValueError(f"at most {MAX_CLASSES} classes are supported, got {len(rows)}")
+            raise InputError(f"at most {MAX_CLASSES} classes are supported, got {len(rows)}")
         names = check_class_names([name for name, _ in rows])  # duplicates, empties, counts
         descriptions = validate_descriptions(dict(rows), source="the class table")
         return self.services.setup(preset, names, descriptions)
@@ -193,14 +118,14 @@ class PredictController:
             return value
         if os.environ.get(ALLOW_LOCAL_ENV, "").strip().lower() in ("1", "true", "yes"):
             return value
-        raise ValueError("a checkpoint must be 'hf-hub:ORG/REPO[/SUBFOLDER][@REVISION]', a registry entry or "
+        raise InputError("a checkpoint must be 'hf-hub:ORG/REPO[/SUBFOLDER][@REVISION]', a registry entry or "
                          "one trained in this session")
 
     def resolve(self, path: FileValue, frame: Any, preset: str | None, checkpoint: str | None,
                 table: Any, state: dict | None) -> PredictRequest:
         setup = self.setup_from_table(preset, table)
         ckpt = self.checkpoint_id(checkpoint, state)
-        return PredictRequest(self.load(path, frame), setup, ckpt, str(path))
+        return PredictRequest(self.load_frame(path, frame), setup, ckpt, str(path))
 
     # -------------------------------------------------------------- image input
     @user_errors("read the image")
@@ -208,10 +133,10 @@ class PredictController:
         """New file: frame slider (several frames only, at the middle one), preview, summary; results cleared."""
         cleared = self.cleared_results()
         if not path:
-            return (gr.update(visible=False, value=0), None, "", *cleared)
+            return (gr.update(visible=False, value=1), None, "", *cleared)
         loaded = self.load(path)
-        slider = gr.update(visible=loaded.n_frames > 1, minimum=0, maximum=max(1, loaded.n_frames - 1),
-                           value=loaded.frame, step=1)
+        slider = gr.update(visible=loaded.n_frames > 1, minimum=1, maximum=max(2, loaded.n_frames),
+                           value=loaded.frame + 1, step=1)
         return (slider, loaded.image, fmt.image_summary(loaded), *cleared)
 
     @user_errors("read that frame")
@@ -219,7 +144,7 @@ class PredictController:
         """Another frame: its preview; results of the previous frame are cleared."""
         if not path:
             return (None, "", *self.cleared_results())
-        loaded = self.load(path, frame)
+        loaded = self.load_frame(path, frame)
         return (loaded.image, fmt.image_summary(loaded), *self.cleared_results())
 
     @staticmethod
@@ -236,6 +161,18 @@ class PredictController:
             raise gr.Error("No such example.", print_exception=False) from None
         file = example.get("dicom") or example["file"]
         return str(EXAMPLES_DIR / file), example.get("suggested_preset") or preset
+
+    def on_example_click(self, examples: list[dict[str, Any]], preset: str | None, evt: gr.SelectData,
+                         state: dict | None, table: Any, checkpoint: str | None) -> tuple:
+        """``on_example``, plus the new preset's classes and checkpoints when the preset changes.
+
+        Preset listeners react to user input only (so that programmatic updates cannot race
+        each other), hence a preset changed here brings its classes and checkpoints itself.
+        """
+        path, new_preset = self.on_example(examples, preset, evt)
+        if new_preset == preset:
+            return (path, gr.update(), *([gr.update()] * 5))
+        return (path, new_preset, *self.on_preset(new_preset, state, table, checkpoint))
 
     # -------------------------------------------------------------- classes
     @user_errors("change the preset")
@@ -288,7 +225,7 @@ class PredictController:
     def on_apply(self, table: Any, class_name: str | None, text: str | None) -> pd.DataFrame:
         """The text box (one sentence per line) becomes the class's descriptions in the table."""
         if not class_name or class_name not in fmt.class_choices(table):
-            raise ValueError("choose a class of the table first")
+            raise InputError("choose a class of the table first")
         sentences = fmt.split_descriptions(text)
         validate_descriptions({class_name: sentences}, source="the descriptions")
         return fmt.replace_descriptions(table, class_name, sentences)
@@ -298,10 +235,10 @@ class PredictController:
                     n: float, token: str | None, model: str | None) -> tuple[str, str]:
         """A proposal in the one-class box; the table changes only when the user applies it."""
         if not class_name:
-            raise ValueError("choose the class to describe")
+            raise InputError("choose the class to describe")
         setup = self.setup_from_table(preset, table)
         if class_name not in setup.class_names:
-            raise ValueError(f"{reprlib.repr(class_name)} is not in the class table")
+            raise InputError(f"{reprlib.repr(class_name)} is not in the class table")
         result = self.services.generate_descriptions(setup, class_name, backend, int(n), token, model)
         return proposal_view(class_name, result)
 
@@ -325,7 +262,22 @@ class PredictController:
             return gr.update(), gr.update(value=ZERO_SHOT)
         return table_update, gr.update()
 
-    def table_for_checkpoint(self, ckpt_id: str, preset: str | None, table: Any) -> Any:
+    @user_errors("use the checkpoint")
+    def on_use_checkpoint(self, preset: str | None, checkpoint: str | None, state: dict | None) -> tuple:
+        """After the Few-shot tab picked a preset and a trained checkpoint: the checkpoint's classes
+        (the preset's descriptions where they match), the preset's note and class editor.
+
+        Runs as the follow-up of "Use in Predict" with the values that event set, so it does not
+        depend on which tab state Predict was in (another preset, another checkpoint, an edited table).
+        """
+        table = self.preset_table(preset, None)
+        ckpt_id = self.checkpoint_id(checkpoint, state)
+        if ckpt_id is not None:
+            update = self.table_for_checkpoint(ckpt_id, preset, table, quiet=True)
+            table = update if isinstance(update, pd.DataFrame) else table
+        return (table, preset_markdown(preset), *self.class_editor(table, None))
+
+    def table_for_checkpoint(self, ckpt_id: str, preset: str | None, table: Any, quiet: bool = False) -> Any:
         """The class table to use with a checkpoint: unchanged, or the checkpoint's own classes."""
         ckpt = self.services.load_checkpoint(ckpt_id, None if preset == CUSTOM else preset)
         if entry(ckpt_id) is not None:
@@ -334,7 +286,8 @@ class PredictController:
         if same_classes([n for n, _ in rows], ckpt.class_names):
             return gr.update()
         setup = self.services.setup(ckpt.preset, ckpt.class_names, dict(rows) or None)
-        gr.Info("The class table now holds the checkpoint's classes.")
+        if not quiet:
+            gr.Info("The class table now holds the checkpoint's classes.")
         return fmt.class_table(setup.class_names, setup.descriptions)
 
     # -------------------------------------------------------------- prediction
@@ -417,6 +370,20 @@ class PredictController:
         return overlay(expl, float(alpha)), caption, expl
 
     @staticmethod
+    def on_method(method: str | None) -> tuple[dict, dict]:
+        """Rollout follows no class or phrase: its target controls are greyed out."""
+        active = method != "rollout"
+        return gr.update(interactive=active), gr.update(interactive=active)
+
+    def on_method_redraw(self, path: FileValue, frame: Any, preset: str | None, checkpoint: str | None,
+                         table: Any, state: dict | None, method: str, target: str | None, phrase: str | None,
+                         alpha: float, shown: Explanation | None) -> tuple:
+        """After a method switch: the shown map redrawn with the new method (nothing shown: nothing to do)."""
+        if shown is None:
+            return gr.update(), gr.update(), gr.update()
+        return self.on_explain(path, frame, preset, checkpoint, table, state, method, target, phrase, alpha)
+
+    @staticmethod
     def on_alpha(alpha: float, expl: Explanation | None) -> Any:
         """Re-blend the last map at a new opacity (no recomputation)."""
         return overlay(expl, float(alpha)) if expl is not None else gr.update()
@@ -427,7 +394,8 @@ class PredictController:
         preset = (preset or "").strip().lower() or None
         if preset and preset != CUSTOM and preset not in list_presets():
             # reprlib: an error must not echo a multi-megabyte argument back to the caller
-            raise ValueError(f"unknown preset {reprlib.repr(preset)}; known presets: {', '.join(list_presets())}, custom")
+            raise InputError(f"unknown preset {reprlib.repr(preset)}; "
+                             f"known presets: {', '.join(list_presets())}, custom")
         setup = self.services.setup(preset, parse_classes_text(classes), parse_descriptions_text(descriptions))
         return PredictRequest(self.load(image, None if frame is None or frame < 0 else frame), setup,
                               self.checkpoint_id(checkpoint, None), str(image))
@@ -505,174 +473,3 @@ class PredictController:
         return (overlay(expl, DEFAULT_ALPHA if alpha is None else float(alpha)),
                 {**fmt.explanation_info(expl), **trust_view.faithfulness_info(expl)})
 
-
-# ---------------------------------------------------------------------- layout
-
-@dataclass
-class PredictHandles:
-    """What other tabs may wire to."""
-
-    preset: gr.Dropdown
-    checkpoint: gr.Dropdown
-    # (preset, session state, value=None) -> gr.update for ``checkpoint``; the Few-shot tab uses it.
-    checkpoint_update: Callable[..., dict] = checkpoint_update
-
-
-def create_predict_tab(services: Services, session: gr.State) -> PredictHandles:
-    """Build the tab's components inside the current ``gr.Tab`` and wire its events."""
-    examples = load_examples()
-    ctl = PredictController(services, examples)
-
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=5):
-            image = gr.File(label="Scan (PNG, JPEG, TIFF or DICOM, with or without .dcm)", file_count="single",
-                            type="filepath", height=150, elem_id="scan-file")
-            frame = gr.Slider(0, 1, value=0, step=1, label="Frame (multi-frame files)", visible=False)
-            preview = gr.Image(label="Decoded image", type="pil", interactive=False, height=300, format="png",
-                               buttons=[])
-            image_info = gr.Markdown(elem_id="image-info")
-            with gr.Accordion("Examples (with sources and licences)", open=True):
-                gallery = gr.Gallery(value=[(str(EXAMPLES_DIR / e["file"]), e["title"]) for e in examples],
-                                     elem_id="examples",
-                                     columns=4, height=270, allow_preview=False, show_label=False,
-                                     object_fit="cover", interactive=False, buttons=[])
-                with gr.Accordion("Sources and licences", open=False):
-                    gr.Markdown(examples_markdown(examples))
-        with gr.Column(scale=7):
-            preset = gr.Dropdown(preset_choices(), value=DEFAULT_PRESET, label="Modality preset", elem_id="preset")
-            preset_info = gr.Markdown(preset_markdown(DEFAULT_PRESET))
-            checkpoint = gr.Dropdown(checkpoint_choices(DEFAULT_PRESET, None), value=default_checkpoint_value(DEFAULT_PRESET),
-                                     allow_custom_value=True, label="Prompt checkpoint",
-                                     info="Registry checkpoints need the network; any hf-hub: id can be typed.")
-            initial = ctl.preset_table(DEFAULT_PRESET)
-            table = gr.Dataframe(
-                value=initial,
-                headers=fmt.TABLE_HEADERS, datatype="str", interactive=True, wrap=False,
-                column_widths=["28%", "72%"], max_height=260,
-                label="Classes and expert descriptions: double-click a cell to rename or edit; "
-                      "right-click a row to add or delete a class",
-                elem_id="class-table",
-            )
-            with gr.Row():
-                predict_btn = gr.Button("Predict", variant="primary", elem_id="predict-btn")
-                reset_btn = gr.Button("Reset to preset", variant="secondary")
-            with gr.Accordion("Descriptions of one class: edit or generate", open=False):
-                with gr.Row():
-                    names = fmt.class_choices(initial)
-                    gen_class = gr.Dropdown(names, value=names[0], label="Class", allow_custom_value=True, scale=2)
-                    apply_btn = gr.Button(ACCEPT_LABEL, scale=1)
-                desc_box = gr.Textbox(fmt.descriptions_text(initial, names[0]),
-                                      label="Descriptions, one sentence per line",
-                                      lines=5, max_lines=12)
-                with gr.Row():
-                    gen_backend = gr.Radio([("Shipped bank (offline)", "retrieval"),
-                                            ("HF Inference", "hf-inference"), ("Local model", "local")],
-                                           value="retrieval", label="Generate with")
-                    gen_n = gr.Slider(1, 30, value=10, step=1, label="Sentences")
-                with gr.Row():
-                    gen_model = gr.Textbox(label="Model id (from this server's list)", placeholder="the server's first listed model")
-                    gen_token = gr.Textbox(label="HF token (used for this request only, never stored)",
-                                           type="password", placeholder="your own token (needed for HF Inference)")
-                gen_btn = gr.Button("Generate descriptions")
-                gen_note = gr.Markdown()
-
-    gr.Markdown("### Prediction")
-    with gr.Row(equal_height=False):
-        label = gr.Label(label="Prediction (learned prompt)", num_top_classes=10, elem_id="prediction-label")
-        sources = gr.Dataframe(headers=fmt.SOURCE_HEADERS, label="Probability by prompt source", interactive=False,
-                               wrap=True)
-    with gr.Row(equal_height=False):
-        calibration_md = gr.Markdown(elem_id="calibration")
-        coverage = gr.Radio([(f"{c:.0%}", c) for c in COVERAGES], value=DEFAULT_COVERAGE, scale=0, min_width=260,
-                            label="Prediction-set coverage (calibrated checkpoints)", elem_id="coverage")
-    modality_md = gr.Markdown(elem_id="modality-check")
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=3):
-            contrib_class = gr.Dropdown([], label="Prompt contributions for class", allow_custom_value=True,
-                                        elem_id="contrib-class")
-            contrib_plot = gr.BarPlot(x="prompt", y="contribution", color="source", sort="-y",
-                                      x_label_angle=-35, height=320, label="Top prompt contributions",
-                                      x_title="prompt", y_title="weight × τ × cosine")
-        with gr.Column(scale=4):
-            contrib_table = gr.Dataframe(headers=fmt.DETAIL_COLUMNS, column_widths=["6%", "17%", "53%", "12%", "12%"],
-                                         label="Contributions (weight × τ × cosine with the image)",
-                                         interactive=False, wrap=True, max_height=400, elem_id="contrib-table")
-
-    gr.Markdown("### Attention overlay — model attention, not lesion localisation")
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=4):
-            method = gr.Radio([("Grad-CAM", "gradcam"), ("Attention rollout", "rollout")], value="gradcam",
-                              label="Method")
-            target = gr.Dropdown([("Predicted class", PREDICTED)], value=PREDICTED, allow_custom_value=True,
-                                 label="Grad-CAM target class")
-            phrase = gr.Textbox(label="…or a phrase (Grad-CAM towards this text instead)", max_lines=1)
-            alpha = gr.Slider(0.0, 1.0, value=DEFAULT_ALPHA, step=0.05, label="Overlay opacity")
-            faithful = gr.Checkbox(False, label="Check faithfulness (deletion test, 8 extra forward passes)",
-                                   elem_id="faithfulness")
-            explain_btn = gr.Button("Show attention", elem_id="explain-btn")
-        with gr.Column(scale=5):
-            overlay_img = gr.Image(label="Model attention, not lesion localisation", type="pil", format="png",
-                                   interactive=False, height=360, elem_id="overlay")
-            caption = gr.Markdown(elem_id="overlay-caption")
-
-    examples_state = gr.State(examples)
-    pred_state = gr.State(None)
-    expl_state = gr.State(None)
-    results = [label, sources, modality_md, contrib_plot, contrib_table, overlay_img, caption, pred_state, expl_state,
-               calibration_md]
-    private = {"api_visibility": "private"}
-
-    image.change(ctl.on_upload, [image], [frame, preview, image_info, *results], **private)
-    frame.release(ctl.on_frame, [image, frame], [preview, image_info, *results], **private)
-    gallery.select(ctl.on_example, [examples_state, preset], [image, preset], **private)
-    preset.change(ctl.on_preset, [preset, session, table, checkpoint],
-                  [table, checkpoint, preset_info, gen_class, desc_box], **private)
-    checkpoint.change(ctl.on_checkpoint, [checkpoint, preset, table, session], [table, checkpoint], **private)
-    reset_btn.click(ctl.on_reset, [preset], [table, gen_class, desc_box], **private)
-    table.change(ctl.on_table_edit, [table, gen_class], [gen_class], show_progress="hidden", **private)
-    gen_class.change(ctl.on_class_pick, [table, gen_class], [desc_box], show_progress="hidden", **private)
-    apply_btn.click(ctl.on_apply, [table, gen_class, desc_box], [table], **private)
-    gen_btn.click(ctl.on_generate, [preset, table, gen_class, gen_backend, gen_n, gen_token, gen_model],
-                  [desc_box, gen_note], **private)
-    inputs = [image, frame, preset, checkpoint, table, session]
-    predict_btn.click(ctl.on_predict, [*inputs, coverage],
-                      [label, sources, modality_md, contrib_class, contrib_plot, contrib_table, target,
-                       calibration_md, pred_state],
-                      concurrency_id="model", concurrency_limit=4, **private)
-    coverage.change(ctl.on_coverage, [coverage, pred_state], [calibration_md], show_progress="hidden", **private)
-    contrib_class.change(ctl.on_contrib_class, [contrib_class, pred_state], [contrib_plot, contrib_table], **private)
-    explain_btn.click(ctl.on_explain, [*inputs, method, target, phrase, alpha, faithful],
-                      [overlay_img, caption, expl_state],
-                      concurrency_id="model", **private)
-    alpha.release(ctl.on_alpha, [alpha, expl_state], [overlay_img], **private)
-
-    _api_endpoints(ctl)
-    return PredictHandles(preset, checkpoint)
-
-
-def _api_endpoints(ctl: PredictController) -> None:
-    """Hidden components carrying the public, simply-typed /predict and /explain endpoints."""
-    with gr.Column(visible=False):
-        image = gr.File(label="image", type="filepath")
-        preset = gr.Textbox(label="preset", value=None)
-        checkpoint = gr.Textbox(label="checkpoint", value=None)
-        classes = gr.Textbox(label="classes", value=None)
-        descriptions = gr.Textbox(label="descriptions", value=None)
-        frame = gr.Number(label="frame", value=None, precision=0)
-        coverage = gr.Number(label="coverage", value=DEFAULT_COVERAGE)
-        target = gr.Textbox(label="target", value=None)
-        method = gr.Textbox(label="method", value="gradcam")
-        alpha = gr.Number(label="alpha", value=DEFAULT_ALPHA)
-        faithfulness = gr.Checkbox(label="faithfulness", value=False)
-        label = gr.Label(label="prediction")
-        details = gr.JSON(label="details")
-        overlay_img = gr.Image(label="overlay", type="pil", format="png")
-        info = gr.JSON(label="explanation")
-        predict_btn = gr.Button("api predict")
-        explain_btn = gr.Button("api explain")
-    predict_btn.click(ctl.api_predict, [image, preset, checkpoint, classes, descriptions, frame, coverage],
-                      [label, details],
-                      api_name="predict", concurrency_id="model")
-    explain_btn.click(ctl.api_explain, [image, preset, target, method, alpha, checkpoint, classes, descriptions, frame,
-                                        faithfulness],
-                      [overlay_img, info], api_name="explain", concurrency_id="model")

@@ -1,0 +1,1 @@
+"""The Few-shot adaptation tab: ``layout`` (components, wiring), ``handlers`` (events), ``view`` (formatting)."""
