@@ -5,7 +5,7 @@
 Load: N users (threads, each with its own gradio_client.Client) call /predict (preset btmri, on
 altered copies of assets/examples/ct_small.dcm and ct_small.png, so that no answer comes from the
 examples' cache) in a loop while one few-shot training runs the way
-the Few-shot tab runs it (TrainingJob around run_fewshot, holding services.train_lock).
+the Few-shot tab runs it (run_fewshot submitted to the app's one job runner, app.jobs.RUNNER).
 Faults, each followed by a health check (one normal /predict within a timeout): (a) clients that
 drop the connection mid-request, (b) a training stopped after a few steps, (c) malformed requests.
 Prints a markdown table for bench/README.md; exit status 0 only if every check passed.
@@ -32,7 +32,7 @@ import numpy as np
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from app.jobs import TrainingJob
+from app.jobs import RUNNER, Job
 from app.uploads import load_class_images
 from dpt_core.errors import TrainingStopped
 from dpt_core.fewshot import TrainSettings
@@ -111,7 +111,7 @@ def synthetic_uploads(folder: Path, n_classes: int = 4, per_class: int = 8) -> l
     return files
 
 
-def start_training(services: Services, files: list[list[str]], epochs: int, out_dir: Path) -> TrainingJob:
+def start_training(services: Services, files: list[list[str]], epochs: int, out_dir: Path) -> Job:
     """What the Train button does: validated uploads, tab defaults with the epochs overridden, one job."""
     setup = services.setup(PRESET)
     data = load_class_images(setup.class_names, files)
@@ -121,7 +121,7 @@ def start_training(services: Services, files: list[list[str]], epochs: int, out_
         return services.run_fewshot(setup, data, settings, out_dir, "synthetic load-test images", channel)
 
     # As the tab does: a file channel, which reaches the training also when it runs in GPU calls.
-    return TrainingJob(work, lock=services.train_lock, channel=FileChannel(out_dir.with_name(out_dir.name + "-channel"))).start()
+    return RUNNER.submit(f"load-test-{out_dir.name}", work, FileChannel(out_dir.with_name(out_dir.name + "-channel")))
 
 
 # --------------------------------------------------------------------------- load
@@ -196,7 +196,7 @@ def fault_disconnect(http: httpx.Client, client: Client) -> tuple[bool, str]:
 
 
 def fault_stop_training(services: Services, files, out_dir: Path, client: Client) -> tuple[bool, str]:
-    """(b) Stop a long training after its first steps: it must end soon, free the lock, leave the server up."""
+    """(b) Stop a long training after its first steps: it must end soon, free the runner, leave the server up."""
     epochs = 50
     job = start_training(services, files, epochs, out_dir)
     t = time.monotonic()
@@ -209,16 +209,14 @@ def fault_stop_training(services: Services, files, out_dir: Path, client: Client
     t = time.monotonic()
     ended = job.wait(60)
     stop_s = time.monotonic() - t
-    free = services.train_lock.acquire(blocking=False)
-    if free:
-        services.train_lock.release()
+    free = not RUNNER.busy()
     clean = job.error is None or isinstance(job.error, TrainingStopped)
     kept = (f"kept {job.result.epochs_completed} epoch(s)" if job.result is not None
             else f"{type(job.error).__name__}: {job.error}" if job.error else "no result")
     ok, h = health(client)
     took = f"in {stop_s:.1f} s" if ended else "NOT within 60 s"
     detail = (f"stop at '{step_text.split(' - ')[0]}'; ended {took}, {kept}; "
-              f"lock {'free' if free else 'STILL HELD'}; {h}")
+              f"runner {'free' if free else 'STILL BUSY'}; {h}")
     return ok and ended and free and clean, detail
 
 

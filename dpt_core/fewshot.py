@@ -182,6 +182,7 @@ class HeldOutCheck:
     zero_shot: Evaluation
     adapted_logits: torch.Tensor  # [H, C]
     labels: torch.Tensor  # [H]
+    calibration: Calibration | None = None  # fitted on the same images, once the caller has done so
 
     @property
     def n_images(self) -> int:
@@ -190,6 +191,19 @@ class HeldOutCheck:
     @property
     def per_class_counts(self) -> list[int]:
         return [sum(row) for row in self.adapted.confusion_matrix]  # rows: true class
+
+    def metrics(self) -> dict:
+        """What a checkpoint's ``metrics`` records of the check (accuracies as fractions, ECE when calibrated)."""
+        ece = {} if self.calibration is None else {"heldout_ece_before": round(self.calibration.ece_before, 4),
+                                                   "heldout_ece_after": round(self.calibration.ece_after, 4)}
+        return {
+            **ece,
+            "heldout_images": self.n_images,
+            "heldout_accuracy": round(self.adapted.accuracy, 4),
+            "zero_shot_heldout_accuracy": round(self.zero_shot.accuracy, 4),
+            "heldout_per_class": _rounded(self.adapted.per_class),
+            "zero_shot_heldout_per_class": _rounded(self.zero_shot.per_class),
+        }
 
     def to_json(self) -> dict:
         """``{"n_images", "adapted": {"accuracy", "per_class"}, "zero_shot": {...}}`` (the CLI's ``holdout``)."""
@@ -309,19 +323,24 @@ def _logits(model, features: torch.Tensor) -> torch.Tensor:
     return model(image_features=features).logits.float().cpu()
 
 
-def heldout_check(backbone: Backbone, setup: ClassSetup, settings: TrainSettings, model, prepared: Prepared,
-                  teacher: Teacher) -> HeldOutCheck:
-    """Score the adapted ``model`` and the zero-shot prompt on the held-out images."""
-    weights = settings.train_config().loss_weights
-    feats = prepared.features[prepared.held_idx].to(backbone.device)
-    labels = prepared.labels[prepared.held_idx]
-    zero = zero_shot_model(backbone, setup, settings.visual())
+def check_features(model, zero_shot, features: torch.Tensor, labels: torch.Tensor, teacher: Teacher,
+                   weights: LossWeights) -> HeldOutCheck:
+    """Adapted ``model`` vs the ``zero_shot`` prompt on held-out image features [H, E] (never trained on)."""
     return HeldOutCheck(
-        adapted=evaluate_on(model, feats, labels, teacher, weights),
-        zero_shot=evaluate_on(zero, feats, labels, teacher, weights),
-        adapted_logits=_logits(model, feats),
+        adapted=evaluate_on(model, features, labels, teacher, weights),
+        zero_shot=evaluate_on(zero_shot, features, labels, teacher, weights),
+        adapted_logits=_logits(model, features),
         labels=labels.cpu().clone(),
     )
+
+
+def heldout_check(backbone: Backbone, setup: ClassSetup, settings: TrainSettings, model, prepared: Prepared,
+                  teacher: Teacher) -> HeldOutCheck:
+    """Score the adapted ``model`` and the zero-shot prompt on the run's held-out images."""
+    feats = prepared.features[prepared.held_idx].to(backbone.device)
+    zero = zero_shot_model(backbone, setup, settings.visual())
+    return check_features(model, zero, feats, prepared.labels[prepared.held_idx], teacher,
+                          settings.train_config().loss_weights)
 
 
 def finish_run(backbone: Backbone, setup: ClassSetup, settings: TrainSettings, prepared: Prepared,
@@ -341,13 +360,13 @@ def finish_run(backbone: Backbone, setup: ClassSetup, settings: TrainSettings, p
         held_feats = prepared.features[prepared.held_idx].to(backbone.device)
         calibration = calibrate_features(model, held_feats, check.labels,
                                          source=f"{check.n_images} images held out of few-shot training")
+        check.calibration = calibration
         timings["check_s"] = time.perf_counter() - t
     reason = "" if check else no_check_reason(prepared.labels, setup.class_names, settings.holdout)
     report(Status("saving", "Saving the checkpoint...", 1.0, elapsed_s=time.time() - prepared.started))
     outcome = TrainOutcome(model, teacher, fit_result, len(prepared.train_idx))
     folder = save_trained(out_dir, outcome, setup, settings.train_config(),
-                          _metrics(check, reason, fit_result.stopped, len(fit_result.history), settings.holdout,
-                                   calibration),
+                          _metrics(check, reason, fit_result.stopped, len(fit_result.history), settings.holdout),
                           data_description=data_description.strip(), calibration=calibration)
     return FewShotResult(
         folder=Path(folder), class_names=list(setup.class_names),
@@ -409,7 +428,7 @@ def run_fewshot(
 
 
 def _metrics(check: HeldOutCheck | None, reason: str, stopped: bool, epochs_done: int = 1,
-             fraction: float = HELDOUT_FRACTION, calibration: Calibration | None = None) -> dict:
+             fraction: float = HELDOUT_FRACTION) -> dict:
     """What the model card reports, with its caveats spelled out."""
     caveat = ("Few-shot result from a handful of images; not a clinical validation. "
               "Accuracy on so few images changes by a large step with each image.")
@@ -420,17 +439,10 @@ def _metrics(check: HeldOutCheck | None, reason: str, stopped: bool, epochs_done
         caveat += " Training was stopped early; the best completed epoch (lowest mean loss) was kept."
     if check is None:
         return {"heldout_check": reason, "caveat": caveat}
-    ece = {} if calibration is None else {"heldout_ece_before": round(calibration.ece_before, 4),
-                                          "heldout_ece_after": round(calibration.ece_after, 4)}
     return {
-        **ece,
-        "heldout_images": check.n_images,
+        **check.metrics(),
         "heldout_rule": f"{fraction:.0%} of each class (at least one image) held out when every class "
                         f"has >= {HELDOUT_MIN_PER_CLASS} images",
-        "heldout_accuracy": round(check.adapted.accuracy, 4),
-        "zero_shot_heldout_accuracy": round(check.zero_shot.accuracy, 4),
-        "heldout_per_class": _rounded(check.adapted.per_class),
-        "zero_shot_heldout_per_class": _rounded(check.zero_shot.per_class),
         "caveat": caveat,
     }
 
