@@ -6,24 +6,9 @@ from pathlib import Path
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "examples"
-TIMEOUT_MS = 60_000
+PHONE = {"width": 390, "height": 844}  # a common phone's CSS pixels
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def url(chromium, live_demo):  # chromium first: skip before launching when it is missing
-    return live_demo[1]
-
-
-@pytest.fixture()
-def page(chromium, url):
-    pg = chromium.new_page(viewport={"width": 390, "height": 844})
-    pg.set_default_timeout(TIMEOUT_MS)
-    pg.goto(url)
-    pg.wait_for_selector("#predict-btn")
-    yield pg
-    pg.close()
 
 
 def _overlap(a: dict, b: dict) -> bool:
@@ -31,16 +16,17 @@ def _overlap(a: dict, b: dict) -> bool:
         a["y"] < b["y"] + b["height"] and b["y"] < a["y"] + a["height"]
 
 
-def test_scan_label_clears_its_button_and_class_names_are_not_cut(page, tmp_path):
+def test_scan_label_clears_its_button_and_class_names_are_not_cut(demo_page, tmp_path):
     from playwright.sync_api import expect
 
+    page = demo_page(**PHONE)
     page.locator("#scan-file input[type=file]").set_input_files(str(EXAMPLES / "retina_fundus.png"))
     expect(page.locator("#image-info")).to_contain_text("PNG")
     label = page.locator('#scan-file label[data-testid="block-label"]').bounding_box()
     clear = page.locator('#scan-file button[aria-label="Clear"]').bounding_box()
     assert label and clear and label["width"] > 0 and clear["width"] > 0
     assert not _overlap(label, clear), (label, clear)
-    assert label["x"] + label["width"] <= 390 and clear["x"] + clear["width"] <= 390  # both on screen
+    assert label["x"] + label["width"] <= PHONE["width"] and clear["x"] + clear["width"] <= PHONE["width"]  # both on screen
 
     # Every class name shows in full: its text is not wider than its box (wrapping is fine, cutting is not).
     cells = page.locator("#class-table .body-cell.first-column")
