@@ -10,7 +10,8 @@ from dpt_core.descriptions import DescriptionsError, validate_descriptions
 from dpt_core.errors import InputError
 from dpt_core.limits import parse_json_field
 from dpt_core.presets import list_presets, load_preset
-from dpt_core.registry import entries_for
+from dpt_core.registry import checkpoint_choices as registry_choices
+from dpt_core.registry import default_checkpoint
 
 from . import formatting as fmt
 from .services import CUSTOM
@@ -35,17 +36,25 @@ def preset_choices() -> list[tuple[str, str]]:
 
 
 def checkpoint_choices(preset: str | None, state: dict | None) -> list[tuple[str, str]]:
-    """Zero-shot, the registry's checkpoints of the preset, then this session's trained ones."""
+    """Zero-shot, the registry's checkpoints of the preset (with their accuracy), then this session's trained ones."""
     out = [("Zero-shot (clinical template)", ZERO_SHOT)]
     if preset and preset != CUSTOM:
-        out += [(f"{e.label} (downloaded from the Hub)", e.id) for e in entries_for(preset)]
+        out += registry_choices(preset)
     out += [(f"{label} (trained in this session)", path) for label, path in trained_checkpoints(state).items()]
     return out
 
 
 def checkpoint_update(preset: str | None, state: dict | None, value: str | None = None) -> dict:
-    """gr.update for the checkpoint dropdown; the Few-shot tab calls it with its new folder as ``value``."""
-    return gr.update(choices=checkpoint_choices(preset, state), value=value or ZERO_SHOT)
+    """gr.update for the checkpoint dropdown; the Few-shot tab calls it with its new folder as ``value``.
+
+    Without a value: the preset's registry Biomed-DPT checkpoint (16 shots, seed 1) when there is one,
+    else zero-shot. Nothing is downloaded until the checkpoint is used.
+    """
+    return gr.update(choices=checkpoint_choices(preset, state), value=value or default_checkpoint_value(preset))
+
+
+def default_checkpoint_value(preset: str | None) -> str:
+    return (default_checkpoint(preset) if preset and preset != CUSTOM else None) or ZERO_SHOT
 
 
 def preset_markdown(preset: str | None) -> str:

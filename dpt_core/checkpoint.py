@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,13 @@ from safetensors.torch import load_file, save_file
 
 from .backbone import Backbone
 from .calibration import Calibration, CalibrationError
+from .ckpt_config import (  # noqa: F401 (FORMAT_VERSION, METHODS, library_versions: re-exported)
+    FORMAT_VERSION,
+    METHODS,
+    CheckpointConfig,
+    library_versions,
+    new_config,
+)
 from .errors import InputError
 from .hub import HF_PREFIX, download_file, parse_hub_id
 from .integrity import config_problem, finite_json, tensor_problem
@@ -37,8 +42,6 @@ from .visual import VisualPromptConfig
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-METHODS = ("biomed-dpt", "biomedcoop")
 CONFIG_NAME, TENSORS_NAME, CARD_NAME = "config.json", "prompts.safetensors", "README.md"
 TENSOR_KEYS = ("text_ctx", "visual_prompts", "combine.query", "combine.score_gain", "teacher.features")
 REQUIRED_CONFIG = ("format_version", "method", "backbone", "class_names", "template", "n_ctx",
@@ -77,6 +80,16 @@ class PromptCheckpoint:
         return self.config["teacher"]["mode"]
 
     @property
+    def settings(self) -> CheckpointConfig:
+        """The config as the frozen dataclass (``config`` is its JSON form)."""
+        return CheckpointConfig.from_dict(self.config)
+
+    @property
+    def class_position(self) -> str:
+        """Where the class word-piece sits: "end", or the reference's "middle" (method.md section 2)."""
+        return self.config.get("class_token_position") or "end"
+
+    @property
     def calibration(self) -> Calibration | None:
         """The stored temperature and conformal thresholds; None when not calibrated."""
         block = self.config.get("calibration")
@@ -91,7 +104,7 @@ class PromptCheckpoint:
         """The model with this context; ``class_names`` may differ (novel classes, edited classes)."""
         check_backbone(self, backbone)
         model = BiomedDPT(backbone, class_names or self.class_names, self.template, self.n_ctx,
-                          self.visual, ctx=self.tensors["text_ctx"])
+                          self.visual, ctx=self.tensors["text_ctx"], class_position=self.class_position)
         if "visual_prompts" in self.tensors:
             with torch.no_grad():
                 model.image_encoder.prompts.copy_(self.tensors["visual_prompts"].to(backbone.device))
@@ -99,18 +112,6 @@ class PromptCheckpoint:
 
 
 # ----------------------------------------------------------------------------------------- saving
-
-def library_versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for name in ("torch", "open-clip-torch", "timm", "transformers", "safetensors"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
 
 def make_config(
     model: BiomedDPT,
@@ -120,40 +121,27 @@ def make_config(
     teacher: dict[str, Any] | None = None,
     loss_weights: dict[str, float] | None = None,
     training: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
     data_description: str = "",
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``config.json`` of a model (teacher: at least ``{"mode": "mean"|"ranked"}``)."""
+    """The ``config.json`` of a model (teacher: at least ``{"mode": "mean"|"ranked"}``); see ``ckpt_config``."""
     v = model.image_encoder.config
-    cfg = {
-        "format_version": FORMAT_VERSION,
-        "method": method,
-        "backbone": model.backbone.spec,
-        "backbone_revision": model.backbone.revision,
-        "backbone_random_weights": model.backbone.random_weights,
-        "text_width": model.backbone.text_width,
-        "embed_dim": model.backbone.embed_dim,
-        "preset": preset.name if preset else None,
-        "modality": preset.modality if preset else None,
-        "organ": preset.organ if preset else None,
-        "class_names": list(model.class_names),
-        "template": model.prompt_learner.template,
-        "templates": list(preset.templates) if preset else [model.prompt_learner.template],
-        "n_ctx": model.prompt_learner.n_ctx,
-        "ctx_init": model.prompt_learner.ctx_init,
-        "class_token_position": "end",
-        "visual_prompts": {"count": v.n_prompts, "layout": v.layout, "learnable": v.learnable},
-        "teacher": teacher or {"mode": "mean"},
-        "loss_weights": loss_weights or {},
-        "training": training or {},
-        "metrics": metrics or {},
-        "data_description": data_description,
-        "versions": library_versions(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    cfg.update(extra or {})
-    return cfg
+    pl = model.prompt_learner
+    return new_config(
+        method=method, backbone=model.backbone.spec, backbone_revision=model.backbone.revision,
+        backbone_random_weights=model.backbone.random_weights, text_width=model.backbone.text_width,
+        embed_dim=model.backbone.embed_dim, preset=preset.name if preset else None,
+        modality=preset.modality if preset else None, organ=preset.organ if preset else None,
+        class_names=model.class_names, template=pl.template,
+        templates=(extra or {}).get("templates") or (preset.templates if preset else [pl.template]),
+        n_ctx=pl.n_ctx, ctx_init=pl.ctx_init, class_token_position=pl.class_position,
+        visual_prompts={"count": v.n_prompts, "layout": v.layout, "learnable": v.learnable},
+        teacher=teacher or {"mode": "mean"}, loss_weights=loss_weights or {}, training=training or {},
+        data=data or {}, metrics=metrics or {}, data_description=data_description,
+        extra={k: val for k, val in (extra or {}).items() if k != "templates"},
+    ).to_dict()
 
 
 def save_checkpoint(
@@ -203,6 +191,8 @@ def validate(ckpt: PromptCheckpoint) -> None:
         raise CheckpointError("teacher.features has one row per class")
     if not cfg["class_names"]:
         raise CheckpointError("config.json names no classes")
+    if cfg.get("class_token_position", "end") not in ("end", "middle"):
+        raise CheckpointError(f"class_token_position must be end or middle, not {cfg['class_token_position']!r}")
     try:
         VisualPromptConfig(int(vp["count"]), vp["layout"], bool(vp["learnable"]))
     except (KeyError, ValueError) as exc:
@@ -285,8 +275,13 @@ def load_checkpoint(ckpt_id: str, preset: str | None = None, method: str | None 
 
 
 def import_dassl(path: str | Path, preset: str | None, method: str | None = None,
-                 backbone_spec: str | None = None, source: str = "") -> PromptCheckpoint:
-    """A checkpoint from a reference Biomed-DPT or BiomedCoOp Dassl file (teacher ``mean``)."""
+                 backbone_spec: str | None = None, source: str = "",
+                 class_position: str | None = None) -> PromptCheckpoint:
+    """A checkpoint from a reference Biomed-DPT or BiomedCoOp Dassl file (teacher ``mean``).
+
+    ``class_position`` defaults to what those files were trained with: ``middle`` for the
+    reference Biomed-DPT (its scripts never reached the option), ``end`` for BiomedCoOp.
+    """
     from .backbone import DEFAULT_BACKBONE
     from .dassl_import import read_dassl_context
 
@@ -305,29 +300,15 @@ def import_dassl(path: str | Path, preset: str | None, method: str | None = None
         visual = {"count": 4, "layout": "reference", "learnable": False}
     if ctx.shape[0] != n_ctx:
         raise CheckpointError(f"the file's context has {ctx.shape[0]} tokens; {method} on {p.name} uses {n_ctx}")
-    config = {
-        "format_version": FORMAT_VERSION,
-        "method": method,
-        "backbone": backbone_spec or DEFAULT_BACKBONE,
-        "backbone_revision": None,
-        "preset": p.name,
-        "modality": p.modality,
-        "organ": p.organ,
-        "class_names": list(p.classes),
-        "template": template,
-        "templates": list(p.templates),
-        "n_ctx": n_ctx,
-        "ctx_init": None,
-        "class_token_position": "end",
-        "visual_prompts": visual,
-        "teacher": {"mode": "mean"},
-        "loss_weights": {"l1": p.weights("few_shot").l1, "kl": p.weights("few_shot").kl},
-        "training": {"imported_from": Path(source or str(path)).name},
-        "metrics": {},
-        "data_description": f"Imported from a {method} Dassl checkpoint; see its original publication.",
-        "versions": library_versions(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    position = class_position or ("end" if method == "biomedcoop" else "middle")
+    config = new_config(
+        method=method, backbone=backbone_spec or DEFAULT_BACKBONE, preset=p.name, modality=p.modality,
+        organ=p.organ, class_names=p.classes, template=template, templates=p.templates, n_ctx=n_ctx,
+        ctx_init=None, class_token_position=position, visual_prompts=visual, teacher={"mode": "mean"},
+        loss_weights={"l1": p.weights("few_shot").l1, "kl": p.weights("few_shot").kl},
+        training={"imported_from": Path(source or str(path)).name, "class_position": position},
+        data_description=f"Imported from a {method} Dassl checkpoint; see its original publication.",
+    ).to_dict()
     ckpt = PromptCheckpoint(config, {"text_ctx": ctx}, source or str(path))
     validate(ckpt)
     return ckpt

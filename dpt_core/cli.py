@@ -1,4 +1,5 @@
-"""Command line: ``python -m dpt_core predict | train | evaluate | import-dassl | push | aggregate | write-backbone | rank-banks``.
+"""Command line: ``python -m dpt_core predict | train | sweep | evaluate | import-dassl | import-descriptions |
+push | publish | aggregate | write-backbone | rank-banks``.
 
 The flags and the ``--json`` outputs are a stable contract (see README).
 Errors are one line on stderr and exit status 1 (2 for usage errors).
@@ -16,7 +17,7 @@ from typing import Sequence
 from .descriptions import same_classes
 from .errors import UserError
 from .integrity import finite_json
-from .outpath import check_out_path, empty_classes, error_line
+from .outpath import check_out_path, error_line
 
 log = logging.getLogger("dpt_core")
 
@@ -80,11 +81,13 @@ def _setup(args, ckpt, protocol="few_shot"):
 
 
 def _split_file(args) -> str | None:
-    """--split-file, else the one split_*.json in the data folder, else None (an image folder)."""
+    """--split-file, else split_<FOLDER>.json or the one split_*.json in the data folder, else None."""
+    from .data import find_split_file
+
     if args.split_file:
         return args.split_file
-    found = sorted(Path(args.data).glob("split_*.json")) if Path(args.data).is_dir() else []
-    return str(found[0]) if len(found) == 1 else None
+    found = find_split_file(args.data)
+    return str(found) if found else None
 
 
 def _load_data(args, class_names, split: str):
@@ -112,7 +115,8 @@ def cmd_predict(args) -> int:
     setup = _setup(args, ckpt)  # validate cheap arguments before loading a backbone
     backbone = _backbone(args, ckpt)
     predictor = Predictor(backbone, setup.class_names, setup.templates, setup.descriptions,
-                          template=setup.template, n_ctx=setup.n_ctx, checkpoint=ckpt)
+                          template=setup.template, n_ctx=setup.n_ctx, checkpoint=ckpt,
+                          class_position=args.class_position)
     results = []
     for path in args.images:
         try:
@@ -136,114 +140,74 @@ def cmd_predict(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .data import LabelledImages, few_shot
-    from .evaluate import base_novel_split, harmonic_mean
-    from .losses import LossWeights
-    from .train import TrainConfig
-    from .visual import VisualPromptConfig
-    from .workflow import save_trained, train_prompts
+    from .runs import RunSpec, run_training
 
     protocol = args.protocol.replace("-", "_")
     check_out_path(args.out, args.overwrite)  # before training: a result must never be lost at the end
-    setup = _setup(args, None, protocol)
+    classes = _read_classes_file(args.classes_file) if getattr(args, "classes_file", None) else None
+    if not args.preset and not classes:
+        raise CLIError("name a --preset (or give --classes-file)")
+    spec = RunSpec(data=args.data, out=args.out, shots=args.shots, seed=args.seed, preset=args.preset,
+                   protocol=protocol, epochs=args.epochs, split_file=args.split_file, exact=args.exact,
+                   teacher=args.teacher, class_position=args.class_position,
+                   classes=tuple(classes) if classes else None, descriptions=_descriptions(args),
+                   batch_size=args.batch_size, lr=args.lr, views=args.views, l1=args.l1, kl=args.kl,
+                   visual_layout=args.visual_layout, data_description=args.data_description or "",
+                   holdout=args.holdout)
     backbone = _backbone(args)
-    class_names, records = _load_data(args, setup.class_names, "train")
-    if empty := empty_classes(class_names, [r.label for r in records]):
-        raise CLIError(f"no images for class(es): {', '.join(empty)} (empty or missing class folders)")
-    if not same_classes(class_names, setup.class_names):
-        print(f"warning: training on the data's classes {class_names}, not the preset's", file=sys.stderr)
-    base_ids, novel_ids = base_novel_split(len(class_names)) if protocol == "base2novel" else (list(range(len(class_names))), [])
-    train_records = few_shot([r for r in records if r.label in base_ids], args.shots, args.seed)
-    full_setup = _subset_setup(setup, class_names, range(len(class_names)))
-    setup = _subset_setup(setup, class_names, base_ids)
-    weights = LossWeights(
-        args.l1 if args.l1 is not None else setup.loss_weights.l1,
-        args.kl if args.kl is not None else setup.loss_weights.kl,
-    )
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                         mode="exact" if args.exact else "fast", views=args.views, loss_weights=weights)
-    data = LabelledImages.from_records(train_records, setup.class_names)
     if args.holdout is not None:  # the app's few-shot run, with its held-out check (dpt_core.fewshot)
         from .cli_fewshot import train_with_holdout
+        from .runs import training_set
 
+        setup, data, weights = training_set(spec, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
         return train_with_holdout(args, backbone, setup, data, weights)
-    print(f"training on {len(data)} images of {len(setup.class_names)} classes ({config.mode} mode)", file=sys.stderr)
+    print(f"training {args.shots}-shot {protocol} ({'exact' if args.exact else 'fast'} mode)", file=sys.stderr)
 
     def on_step(info):
         if info.step == info.steps_per_epoch - 1:
             print(f"epoch {info.epoch + 1}/{info.epochs}  loss {info.loss['total']:.4f}  lr {info.lr:.2e}  "
                   f"{info.elapsed_s:.1f}s", file=sys.stderr)
 
-    visual = VisualPromptConfig(layout=args.visual_layout)
-    outcome = train_prompts(backbone, setup, data, config, on_step=on_step, teacher_mode=args.teacher, visual=visual)
-    metrics = {}
-    if _split_file(args):
-        _, test = _load_data(args, class_names, "test")
-        metrics = _test_metrics(outcome, full_setup, class_names, test, base_ids, novel_ids, weights, backbone)
-        if protocol == "base2novel":
-            metrics["harmonic_mean"] = harmonic_mean(metrics["base_accuracy"], metrics["novel_accuracy"])
-        print("test: " + json.dumps(finite_json(metrics), allow_nan=False), file=sys.stderr)
-    description = args.data_description or "Not described by the person who trained it."
-    out = save_trained(args.out, outcome, setup, config, metrics,
-                       data_description=f"{description} ({len(data)} training images, {args.shots} shots per class, "
-                                        f"from {Path(args.data).name}.)",
-                       protocol=protocol, training_extra={"shots": args.shots, "data": Path(args.data).name})
+    result = run_training(spec, backbone, on_step=on_step, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
+    if result.test_metrics:
+        print("test: " + json.dumps(finite_json(result.test_metrics), allow_nan=False), file=sys.stderr)
+    check = result.holdout
+    if check is not None:
+        print(f"held-out: accuracy {check.adapted.accuracy:.4f} (zero-shot {check.zero_shot.accuracy:.4f}), "
+              f"ECE {check.calibration.ece_before:.4f} -> {check.calibration.ece_after:.4f}", file=sys.stderr)
     if args.json:
-        _print_json({"checkpoint": str(out), "holdout": None, "metrics": metrics, "calibration": None})
+        _print_json({"checkpoint": str(result.folder), "holdout": None, "metrics": result.metrics,
+                     "calibration": check.calibration.to_config() if check else None})
     else:
-        print(str(out))
+        print(str(result.folder))
     return 0
 
 
-def _subset_setup(setup, class_names, ids):
-    """The setup restricted to (and named after) the data's classes ``ids``."""
-    from dataclasses import replace
-
-    names = [class_names[i] for i in ids]
-    return replace(setup, class_names=names, descriptions=_resolve(setup, names))
-
-
-def _resolve(setup, names):
-    """Descriptions of ``names``: the setup's own (user overrides included), else the preset bank."""
-    from .descriptions import resolve_descriptions
-
-    return resolve_descriptions(names, setup.preset.name if setup.preset else None, setup.descriptions)
+def _int_list(text: str, what: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise CLIError(f"{what} must be comma-separated integers, not {text!r}") from None
 
 
-def _test_metrics(outcome, setup, class_names, test, base_ids, novel_ids, weights, backbone) -> dict:
-    from .data import LabelledImages
-    from .evaluate import evaluate_features
-    from .features import encode_images
-    from .prompt_bank import build_prompt_bank
-    from .teacher import build_teacher
+def cmd_sweep(args) -> int:
+    from .sweep import SweepSpec, run_sweep
 
-    metrics = {}
-    for tag, ids in (("base", base_ids), ("novel", novel_ids)):
-        if not ids:
-            continue
-        names = [class_names[i] for i in ids]
-        remap = {old: new for new, old in enumerate(ids)}
-        recs = [r for r in test if r.label in remap]
-        if not recs:
-            continue
-        data = LabelledImages.from_records(recs, names)
-        labels = torch_tensor([remap[r.label] for r in recs])
-        outcome.model.prompt_learner.set_classes(names)  # same ctx, these class names
-        feats = encode_images(outcome.model, data.images)
-        desc = _resolve(setup, names)
-        teacher = build_teacher(build_prompt_bank(backbone, names, setup.templates, desc), "mean")
-        ev = evaluate_features(outcome.model, feats, labels, teacher.features(), weights)
-        key = "accuracy" if not novel_ids else f"{tag}_accuracy"
-        metrics[key] = ev.accuracy
-        metrics[f"{tag}_per_class" if novel_ids else "per_class"] = ev.per_class
-    outcome.model.prompt_learner.set_classes([class_names[i] for i in base_ids])
-    return metrics
-
-
-def torch_tensor(values):
-    import torch
-
-    return torch.tensor(values, dtype=torch.long)
+    protocol = args.protocol.replace("-", "_")
+    datasets = () if args.datasets.strip().lower() == "all" else tuple(
+        d.strip().lower() for d in args.datasets.split(",") if d.strip())
+    spec = SweepSpec(root=args.root, out=args.out, protocol=protocol, datasets=datasets,
+                     shots=_int_list(args.shots, "--shots") if args.shots else (),
+                     seeds=_int_list(args.seeds, "--seeds"), epochs=args.epochs, backbone=args.backbone,
+                     exact=not args.fast, teacher=args.teacher, class_position=args.class_position,
+                     descriptions=_descriptions(args), gpus_per_run=args.gpus_per_run,
+                     cpus_per_run=args.cpus_per_run)
+    report = run_sweep(spec, address=args.address, on_line=lambda line: print(line, flush=True))
+    print(f"{len(report.finished)} finished, {len(report.skipped)} skipped, {len(report.failed)} failed "
+          f"in {report.wall_s:.1f}s", file=sys.stderr)
+    for o in report.failed:
+        print(f"failed: {o.name}: {o.error}", file=sys.stderr)
+    return min(len(report.failed), 100)  # the exit status is the number of failed runs
 
 
 def cmd_evaluate(args) -> int:
@@ -308,8 +272,24 @@ def cmd_import_dassl(args) -> int:
     check_out_path(args.out, args.overwrite)
     if not Path(args.file).is_file():
         raise CLIError(f"{args.file}: no such file (import-dassl reads one .pth.tar file)")
-    ckpt = import_dassl(args.file, args.preset, args.method, args.backbone)
+    ckpt = import_dassl(args.file, args.preset, args.method, args.backbone, class_position=args.class_position)
     print(str(write_checkpoint(ckpt, args.out)))
+    return 0
+
+
+def cmd_import_descriptions(args) -> int:
+    from .descriptions import validate_descriptions
+    from .reference_prompts import import_reference_descriptions, summary
+
+    bank, unmatched = import_reference_descriptions(args.file, args.preset, args.n_prompts)
+    validate_descriptions(bank, source=Path(args.file).name)  # the result must load as a descriptions file
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(bank, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if unmatched:
+        print(f"warning: {len(unmatched)} key(s) match no class and were left out: {', '.join(unmatched)}",
+              file=sys.stderr)
+    print(f"{out} ({summary(bank)})")
     return 0
 
 
@@ -322,11 +302,22 @@ def cmd_push(args) -> int:
     return 0
 
 
+def cmd_publish(args) -> int:
+    from .publish import publish
+    from .registry import REGISTRY_PATH
+
+    result = publish(args.runs, args.org, repo=args.repo, public=args.public, dry_run=args.dry_run,
+                     token=args.token or os.environ.get("HF_TOKEN"), registry_path=args.registry or REGISTRY_PATH)
+    where = "dry run, nothing uploaded" if args.dry_run else result.url
+    print(f"{len(result.runs)} run(s) -> {result.repo_id} ({where}); registry: {result.registry}")
+    return 0
+
+
 def cmd_aggregate(args) -> int:
     from .results import aggregate, render_markdown
 
     result = aggregate(args.runs)
-    if not result["few_shot"] and not result["base2novel"]:
+    if not result["groups"]:
         raise CLIError(f"no trained checkpoints with metrics under {args.runs}")
     if args.json:
         _print_json(result)
@@ -366,6 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log progress of the library")
     sub = p.add_subparsers(dest="command", required=True)
 
+    def class_position(sp, default="end"):
+        sp.add_argument("--class-position", choices=["end", "middle"], default=default,
+                        help="class word-piece at the end of the prompt, or the reference's 'middle' "
+                             f"(default {default})")
+
     def common(sp, preset_required=False):
         sp.add_argument("--backbone", help="hf-hub:ORG/REPO, local-dir:PATH or tiny (default: $DPT_BACKBONE or BiomedCLIP)")
         sp.add_argument("--preset", required=preset_required, help="dataset preset, e.g. btmri")
@@ -380,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--top", type=int, default=10, help="prompts listed under contributions")
     _coverage_flag(sp)
     sp.add_argument("--json", action="store_true")
+    class_position(sp)  # for the checkpoint-less prompt; a checkpoint records its own
     sp.set_defaults(func=cmd_predict)
 
     sp = sub.add_parser("train", help="learn the prompt context on a few-shot set")
@@ -401,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--l1", type=float, help="override lambda_L1")
     sp.add_argument("--kl", type=float, help="override lambda_KL")
     sp.add_argument("--visual-layout", choices=["reference", "insert"], default="reference")
+    class_position(sp)
     sp.add_argument("--data-description", help="what the training images are (source, licence, population); "
                                                "goes into the model card")
     sp.add_argument("--holdout", type=float, default=None, metavar="F",
@@ -428,10 +426,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("file")
     sp.add_argument("--preset", required=True)
     sp.add_argument("--method", choices=["biomeddpt", "biomedcoop"], default="biomeddpt")
+    sp.add_argument("--class-position", choices=["end", "middle"],
+                    help="default: middle for biomeddpt (what the reference's runs used), end for biomedcoop")
     sp.add_argument("--backbone")
     sp.add_argument("--out", required=True, help="a new or empty folder for the checkpoint")
     sp.add_argument("--overwrite", action="store_true", help="replace a previous checkpoint in --out")
     sp.set_defaults(func=cmd_import_dassl)
+
+    sp = sub.add_parser("import-descriptions",
+                        help="convert the reference's prompt_templates.py into a descriptions file (parsed, never run)")
+    sp.add_argument("file", help="the reference's trainers/prompt_templates.py")
+    sp.add_argument("--out", required=True, help="descriptions JSON to write")
+    sp.add_argument("--preset", help="keep only this preset's classes")
+    sp.add_argument("--n-prompts", type=int, default=50, help="sentences kept per class (the reference's 50)")
+    sp.set_defaults(func=cmd_import_descriptions)
 
     sp = sub.add_parser("push", help="upload a checkpoint folder with its model card")
     sp.add_argument("checkpoint")
@@ -439,6 +447,34 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--token", help="default: $HF_TOKEN or the stored login")
     sp.add_argument("--public", action="store_true", help="create the repo public (default private)")
     sp.set_defaults(func=cmd_push)
+
+    sp = sub.add_parser("sweep", help="the paper's runs (datasets x shots x seeds) on Ray, resumable")
+    sp.add_argument("--root", required=True, help="folder with BiomedCoOp's dataset folders (BTMRI/, BUSI/, ...)")
+    sp.add_argument("--protocol", choices=["few-shot", "base2novel"], default="few-shot")
+    sp.add_argument("--datasets", default="all", help="comma-separated presets, or all")
+    sp.add_argument("--shots", help="comma-separated K (default 1,2,4,8,16; base2novel 16)")
+    sp.add_argument("--seeds", default="1,2,3")
+    sp.add_argument("--out", required=True, help="RUNS folder; runs go to RUNS/<protocol>/<preset>/shots_K/seed_S")
+    sp.add_argument("--epochs", type=int, help="default: the paper's (100 few-shot, 50 base2novel)")
+    sp.add_argument("--backbone", help="hf-hub:ORG/REPO, local-dir:PATH or tiny (default: BiomedCLIP)")
+    sp.add_argument("--fast", action="store_true", help="cached-views fast mode instead of the exact recipe")
+    sp.add_argument("--teacher", choices=["mean", "ranked"], default="mean")
+    class_position(sp)
+    sp.add_argument("--descriptions", help="JSON {class: [sentences]}, e.g. from import-descriptions")
+    sp.add_argument("--address", help="join this Ray cluster (default: local Ray in this process)")
+    sp.add_argument("--gpus-per-run", type=float, default=0.0, help="GPU share per run, may be fractional")
+    sp.add_argument("--cpus-per-run", type=int, default=1, help="CPUs (and torch threads) per run")
+    sp.set_defaults(func=cmd_sweep)
+
+    sp = sub.add_parser("publish", help="upload finished runs to one Hub repo and add them to the registry")
+    sp.add_argument("runs", help="RUNS folder written by sweep (or train)")
+    sp.add_argument("--org", required=True, help="Hub user or organisation")
+    sp.add_argument("--repo", default="biomed-dpt-zoo", help="repository name (default biomed-dpt-zoo)")
+    sp.add_argument("--public", action="store_true", help="create the repo public (default private)")
+    sp.add_argument("--dry-run", action="store_true", help="write the cards and registry entries, upload nothing")
+    sp.add_argument("--registry", help="registry file to update (default checkpoints/registry.json)")
+    sp.add_argument("--token", help="default: $HF_TOKEN or the stored login")
+    sp.set_defaults(func=cmd_publish)
 
     sp = sub.add_parser("aggregate", help="paper-style tables from a folder of trained checkpoints")
     sp.add_argument("runs")

@@ -4,14 +4,18 @@
   the names are equal after ``_`` -> space and case folding; subfolders are
   taken in the preset's label order when they all match it, else sorted.
 - A BiomedCoOp split file is ``{"train"|"val"|"test": [[rel_path, label,
-  classname], ...]}``; ``rel_path`` is resolved against the data root, then
-  against the split file's folder.
-- Few-shot subsets: K images per class drawn without replacement with
-  ``random.Random(seed)`` from the train split (all of them when a class has
-  fewer than K).
+  classname], ...]}``. BiomedCoOp ships a dataset as ``ROOT/<NAME>/split_<NAME>.json``
+  with the images under ``ROOT/<NAME>/<NAME>/<rel_path>``; ``rel_path`` is resolved
+  against that image folder first, then against the data folder, then against the
+  split file's own folder. A missing image is an error naming every path tried.
+  Reading a split only looks the files up; images are decoded when a set is built.
+- Few-shot subsets follow Dassl's ``generate_fewshot_dataset`` after
+  ``random.seed(seed)``: classes in order of first appearance in the split,
+  ``random.sample(items, K)`` when a class has at least K items, else all of them.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from dataclasses import dataclass
@@ -39,6 +43,7 @@ class ImageRecord:
     path: Path
     label: int
     class_name: str
+    rel: str = ""  # the path as the split file gives it (relative to the image folder); "" for image folders
 
 
 def eval_transform(backbone: Backbone) -> T.Compose:
@@ -103,51 +108,115 @@ def scan_image_folder(root: str | Path, class_names: Sequence[str] | None = None
     return names, records
 
 
-def read_split_file(root: str | Path, split_file: str | Path, split: str) -> tuple[list[str], list[ImageRecord]]:
-    """Records of one split of a BiomedCoOp ``split_<NAME>.json``; class names by label id."""
+def find_split_file(data_dir: str | Path) -> Path | None:
+    """``split_<FOLDER>.json`` in the data folder, else its only ``split_*.json``, else None."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        return None
+    own = data_dir / f"split_{data_dir.name}.json"
+    if own.is_file():
+        return own
+    found = sorted(data_dir.glob("split_*.json"))
+    return found[0] if len(found) == 1 else None
+
+
+def image_folders(root: str | Path, split_file: str | Path) -> list[Path]:
+    """Where a split's relative paths are looked up, in order (BiomedCoOp's ``ROOT/<NAME>/<NAME>`` first)."""
     root, split_file = Path(root), Path(split_file)
+    out: list[Path] = []
+    for folder in (root / root.name, root, split_file.parent / split_file.parent.name, split_file.parent):
+        if folder not in out and folder.is_dir():
+            out.append(folder)
+    return out or [root]
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file (recorded for the split file a run drew from)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve_split_file(root: str | Path, split_file: str | Path | None) -> Path:
+    """The split file named (relative to ``root`` when not found as given), else the one in ``root``."""
+    root = Path(root)
+    if split_file is None:
+        found = find_split_file(root)
+        if found is None:
+            raise DataError(f"no split_{root.name}.json (or single split_*.json) in {root}")
+        return found
+    split_file = Path(split_file)
     if not split_file.is_absolute() and not split_file.is_file():
         split_file = root / split_file
+    return split_file
+
+
+def read_split_file(root: str | Path, split_file: str | Path | None, split: str) -> tuple[list[str], list[ImageRecord]]:
+    """Records of one split of a BiomedCoOp ``split_<NAME>.json``; class names by label id.
+
+    Only file lookups (no decoding), so reading a split of thousands of images is cheap.
+    """
+    root = Path(root)
+    split_file = resolve_split_file(root, split_file)
     try:
         raw = json.loads(split_file.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise DataError(f"cannot read split file {split_file.name}: {exc}") from exc
-    if split not in raw:
-        raise DataError(f"split file {split_file.name} has no {split!r} split (has {', '.join(raw)})")
+    if not isinstance(raw, dict) or split not in raw:
+        has = ", ".join(raw) if isinstance(raw, dict) else "no splits"
+        raise DataError(f"split file {split_file.name} has no {split!r} split (has {has})")
     names: dict[int, str] = {}
-    for split_items in raw.values():
-        for _rel, label, name in split_items:
-            names.setdefault(int(label), str(name))
+    try:
+        for split_items in raw.values():
+            for _rel, label, name in split_items:
+                names.setdefault(int(label), str(name))
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"split file {split_file.name}: entries must be [path, label, class name] ({exc})") from exc
     class_names = [names[i] for i in sorted(names)]
     if sorted(names) != list(range(len(class_names))):
         raise DataError(f"labels in {split_file.name} are not 0..C-1")
+    folders = image_folders(root, split_file)
     records = []
     for rel, label, name in raw[split]:
-        path = root / rel
-        if not path.exists():
-            path = split_file.parent / rel
-        records.append(ImageRecord(path, int(label), str(name)))
+        tried = [folder / rel for folder in folders]
+        path = next((t for t in tried if t.is_file()), None)
+        if path is None:
+            raise DataError(f"image {rel!r} of {split_file.name} not found; tried: " + ", ".join(str(t) for t in tried))
+        records.append(ImageRecord(path, int(label), str(name), str(rel)))
     return class_names, records
 
 
 def few_shot(records: Sequence[ImageRecord], shots: int, seed: int) -> list[ImageRecord]:
-    """K records per class, drawn per seed (label order kept, then file order)."""
+    """K records per class, drawn as Dassl draws them (method.md section 5); all when ``shots`` <= 0.
+
+    ``random.Random(seed)`` gives the same stream as ``random.seed(seed)`` followed by
+    module-level calls. Classes are visited in order of first appearance (not sorted).
+    """
     if shots <= 0:
         return list(records)
     rng = random.Random(seed)
-    by_label: dict[int, list[ImageRecord]] = {}
+    by_label: dict[int, list[ImageRecord]] = {}  # insertion order = first appearance
     for r in records:
         by_label.setdefault(r.label, []).append(r)
     out: list[ImageRecord] = []
-    for label in sorted(by_label):
-        items = by_label[label]
-        out.extend(items if len(items) <= shots else rng.sample(items, shots))
+    for items in by_label.values():
+        out.extend(rng.sample(items, shots) if len(items) >= shots else items)
     return out
 
 
 def load_pil(records: Sequence[ImageRecord]) -> list[Image.Image]:
-    """Decode every record once (PNG/JPEG/TIFF/DICOM through ``imageio``)."""
-    return [load_image(r.path).image for r in records]
+    """Decode every record once (PNG/JPEG/TIFF/DICOM through ``imageio``); a bad file is a DataError naming it."""
+    from .imageio import ImageLoadError
+
+    images = []
+    for r in records:
+        try:
+            images.append(load_image(r.path).image)
+        except ImageLoadError as exc:
+            raise DataError(f"cannot read {r.rel or r.path.name} ({r.path}): {exc}") from exc
+    return images
 
 
 @dataclass

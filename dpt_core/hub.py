@@ -156,6 +156,22 @@ def push_folder(folder: str | Path, repo_id: str, token: str | None = None, priv
     return str(url)
 
 
+def push_runs(folder: str | Path, repo_id: str, files: list[str], token: str | None = None, private: bool = True,
+              message: str = "Publish Biomed-DPT runs") -> str:
+    """Upload ``files`` (paths relative to ``folder``, kept as subfolders) to one model repo in one commit."""
+    from huggingface_hub import HfApi
+
+    if not valid_repo_id(repo_id):
+        raise HubError(f"repository name must look like ORG/NAME, not {repo_id!r}")
+    api = HfApi(token=token)
+    try:
+        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, allow_patterns=list(files),
+                          commit_message=message, repo_type="model")
+    except Exception as exc:
+        raise _explain(exc, f"push to {repo_id}") from exc
+    return str(url)
+
 
 def hub_token_for(listed_by_server: bool, visitor_token: str | None = None) -> str | bool | None:
     """The token a server may use to download a checkpoint on a visitor's behalf.

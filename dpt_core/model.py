@@ -34,11 +34,12 @@ class BiomedDPT(nn.Module):
         n_ctx: int,
         visual: VisualPromptConfig = VisualPromptConfig(),
         ctx: torch.Tensor | None = None,
+        class_position: str = "end",
     ):
         super().__init__()
         self.backbone = backbone
         self.image_encoder = PromptedImageEncoder(backbone, visual)
-        self.prompt_learner = PromptLearner(backbone, template, class_names, n_ctx, ctx)
+        self.prompt_learner = PromptLearner(backbone, template, class_names, n_ctx, ctx, class_position)
         self.text_encoder = TextEncoder(backbone)
 
     @property

@@ -21,6 +21,25 @@ def _fmt_metrics(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _fmt_recipe(config: dict[str, Any]) -> str:
+    """The run's recipe in words (what ``aggregate`` groups by, and what reproduces it)."""
+    tr, data = config.get("training") or {}, config.get("data") or {}
+    if "protocol" not in tr:
+        return ""
+    shots = tr.get("shots")
+    lines = [
+        f"- Protocol: {tr.get('protocol')}" + (f", {shots} shots per class" if shots else "")
+        + (f", seed {tr.get('seed')}" if tr.get("seed") is not None else ""),
+        f"- Mode: {tr.get('mode', '-')}; epochs {tr.get('epochs', '-')}, batch {tr.get('batch_size', '-')}, "
+        f"{tr.get('steps_per_epoch', '-')} steps per epoch, lr {tr.get('lr', '-')}",
+        f"- Teacher: {(config.get('teacher') or {}).get('mode', 'mean')}; class position "
+        f"{config.get('class_token_position', 'end')}",
+    ]
+    if data.get("split_file"):
+        lines.append(f"- Split file: `{data['split_file']}` (sha256 `{data.get('split_sha256', '-')}`), "
+                     f"{len(data.get('train_images') or [])} training images listed in config.json")
+    return "\n## Recipe\n\n" + "\n".join(lines) + "\n"
+
 def _fmt_calibration(block: dict[str, Any] | None) -> str:
     if not block:
         return "Not calibrated: no held-out images were used to fit a temperature or prediction sets."
@@ -68,7 +87,7 @@ been validated clinically.
 - Template: `{config.get('template')}`; context replaces the first {config.get('n_ctx')} word-pieces
 - Visual prompts: {config.get('visual_prompts')}
 - Loss weights: {config.get('loss_weights')}
-- Training settings: `{json.dumps(config.get('training', {}))}`
+- Training settings: `{json.dumps({k: v for k, v in (config.get('training') or {}).items() if k != 'history'})}`
 
 ## Training data
 
@@ -77,6 +96,8 @@ been validated clinically.
 ## Metrics
 
 {_fmt_metrics(config.get('metrics', {}))}
+{_fmt_recipe(config)}
+
 
 ## Calibration
 

@@ -134,6 +134,7 @@ class Predictor:
         n_ctx: int | None = None,
         checkpoint: PromptCheckpoint | None = None,
         visual: VisualPromptConfig = VisualPromptConfig(),
+        class_position: str = "end",
     ):
         self.backbone = backbone
         self.class_names = check_class_names(class_names)
@@ -143,7 +144,8 @@ class Predictor:
         else:
             if template is None or n_ctx is None:
                 raise ValueError("without a checkpoint, a template and n_ctx are needed")
-            self.model = BiomedDPT(backbone, self.class_names, template, n_ctx, visual)
+            self.model = BiomedDPT(backbone, self.class_names, template, n_ctx, visual,
+                                   class_position=class_position)
         self.model.eval()
         self.calibration, self.calibration_note = calibration_for(checkpoint, self.class_names, backbone.spec)
         self.bank = build_prompt_bank(backbone, self.class_names, templates or [self.model.prompt_learner.template],

@@ -79,6 +79,9 @@ class TextEncoder(nn.Module):
         return torch.cat(feats)
 
 
+CLASS_POSITIONS = ("end", "middle")
+
+
 def fill_template(template: str, class_name: str) -> str:
     return template.format(class_name.replace("_", " "))
 
@@ -93,11 +96,15 @@ class PromptLearner(nn.Module):
         class_names: Sequence[str],
         n_ctx: int,
         ctx: torch.Tensor | None = None,
+        class_position: str = "end",
     ):
         super().__init__()
+        if class_position not in CLASS_POSITIONS:
+            raise ValueError(f"class position must be one of {', '.join(CLASS_POSITIONS)}, not {class_position!r}")
         self.backbone = backbone
         self.template = template
         self.n_ctx = int(n_ctx)
+        self.class_position = class_position
         opening = template.split("{}")[0]
         n_open = len(backbone.tokenizer.pieces(opening))
         if not 0 < self.n_ctx <= n_open:
@@ -140,5 +147,13 @@ class PromptLearner(nn.Module):
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt embeddings [C, L, W] and their attention mask [C, L]."""
         c = self.token_prefix.shape[0]
-        ctx = self.ctx.unsqueeze(0).expand(c, -1, -1)
+        ctx = self.ctx.unsqueeze(0).expand(c, -1, -1)  # [C, n_ctx, W]
+        if self.class_position == "middle":
+            # The reference's "middle" with its class-name length of 1 (method.md section 2): the one
+            # word-piece right after the context moves between its two halves. Same length, same
+            # mask: only positions 1..n_ctx+1 are permuted.
+            half = self.n_ctx // 2
+            parts = [self.token_prefix, ctx[:, :half], self.token_suffix[:, :1], ctx[:, half:],
+                     self.token_suffix[:, 1:]]
+            return torch.cat(parts, dim=1), self.attention_mask
         return torch.cat([self.token_prefix, ctx, self.token_suffix], dim=1), self.attention_mask

@@ -358,4 +358,3 @@ def _cache_views(model: BiomedDPT, data: LabelledImages, config: TrainConfig, st
     while len(views) < config.views:
         views.append(encode_images(model, data.images, aug, should_stop=stop))
     return torch.stack(views)
-

@@ -16,6 +16,7 @@ import torch
 from .backbone import Backbone
 from .calibration import Calibration
 from .checkpoint import PromptCheckpoint, make_config, save_checkpoint
+from .ckpt_config import run_fields
 from .data import LabelledImages
 from .descriptions import descriptions_hash, resolve_descriptions
 from .evaluate import Evaluation, evaluate_features
@@ -26,7 +27,7 @@ from .predictor import check_class_names
 from .presets import Preset, load_preset
 from .prompt_bank import build_prompt_bank
 from .teacher import Teacher, build_teacher, teacher_record
-from .train import FitResult, FitState, StepInfo, TrainConfig, finish_fit, fit_epochs, start_fit
+from .train import FitResult, FitState, StepInfo, TrainConfig, finish_fit, fit_epochs, start_fit, steps_per_epoch
 from .visual import VisualPromptConfig
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class ClassSetup:
     descriptions: dict[str, list[str]]
     preset: Preset | None = None
     loss_weights: LossWeights = field(default_factory=LossWeights)
+    class_position: str = "end"  # class word-piece at the end, or the reference's "middle"
 
 
 def setup_classes(
@@ -53,6 +55,7 @@ def setup_classes(
     protocol: str = "few_shot",
     template: str | None = None,
     n_ctx: int | None = None,
+    class_position: str = "end",
 ) -> ClassSetup:
     """Classes from the arguments, else the preset; descriptions: overrides, else the preset's bank."""
     p = load_preset(preset) if preset else None
@@ -65,6 +68,7 @@ def setup_classes(
         descriptions=resolve_descriptions(names, p.name if p else None, descriptions),
         preset=p,
         loss_weights=p.weights(protocol) if p else LossWeights(),
+        class_position=class_position,
     )
 
 
@@ -123,7 +127,8 @@ def train_prompts(
 
 def zero_shot_model(backbone: Backbone, setup: ClassSetup, visual: VisualPromptConfig = VisualPromptConfig()) -> BiomedDPT:
     """The untrained prompt: the context at its initialisation is the clinical template itself."""
-    return BiomedDPT(backbone, setup.class_names, setup.template, setup.n_ctx, visual)
+    return BiomedDPT(backbone, setup.class_names, setup.template, setup.n_ctx, visual,
+                     class_position=setup.class_position)
 
 
 def holdout_split(labels: torch.Tensor, fraction: float = 0.25, min_per_class: int = 2, seed: int = 0) -> tuple[list[int], list[int]] | None:
@@ -159,19 +164,28 @@ def save_trained(
     data_description: str = "",
     protocol: str = "few_shot",
     training_extra: dict | None = None,
+    shots: int | None = None,
+    data: dict | None = None,
     calibration: Calibration | None = None,
 ) -> Path:
     """Write the trained prompts as a checkpoint folder (config records data, settings, metrics).
 
-    ``calibration``: fitted on held-out images, stored as the config's ``"calibration"`` block.
+    Every writer (CLI ``train``, ``sweep``, the app) comes through here, so every run records
+    the fields of ``ckpt_config.run_fields``; ``data``: ``split_file``, ``split_sha256``,
+    ``train_images`` when the run drew from a split file. ``calibration``: fitted on held-out
+    images, stored as the config's ``"calibration"`` block.
     """
     record, tensors = teacher_record(outcome.teacher)
+    run = run_fields(protocol=protocol, shots=shots, seed=config.seed, epochs=config.epochs,
+                     batch_size=config.batch_size, steps_per_epoch=steps_per_epoch(outcome.n_train, config.batch_size),
+                     class_position=setup.class_position, history=outcome.fit.history)
     cfg = make_config(
         outcome.model,
         preset=setup.preset,
         teacher=record,
         loss_weights={"l1": config.loss_weights.l1, "kl": config.loss_weights.kl},
-        training={**config.to_dict(), "protocol": protocol, "n_train_images": outcome.n_train,
+        data=data,
+        training={**config.to_dict(), **run, "n_train_images": outcome.n_train,
                   "stopped_early": outcome.fit.stopped, "epochs_completed": len(outcome.fit.history),
                   "fast_mode_note": "fast: image features of `views` RandomResizedCrop views cached once; "
                                     "same batches, schedule, loss and BERT dropout as exact",
@@ -197,4 +211,5 @@ def setup_from_checkpoint(ckpt: PromptCheckpoint, class_names: Sequence[str] | N
         descriptions=resolve_descriptions(names, ckpt.preset, descriptions),
         preset=load_preset(ckpt.preset) if ckpt.preset else None,
         loss_weights=LossWeights(float(lw.get("l1", 0.0)), float(lw.get("kl", 0.0))),
+        class_position=ckpt.class_position,
     )

@@ -165,9 +165,9 @@ def test_aggregate_means_over_seeds_then_datasets(capsys, tmp_path):
     ck("busi", 1, 1, {"accuracy": 0.8})  # 80 -> K=1 mean 70
     ck("btmri", 16, 1, {"base_accuracy": 0.9, "novel_accuracy": 0.6}, "base2novel")
     code, out, _ = run(capsys, "aggregate", tmp_path, "--json")
-    doc = json.loads(out)
-    assert doc["few_shot"]["1"]["mean"] == pytest.approx(70.0)
-    assert doc["few_shot"]["1"]["per_dataset"]["btmri"] == pytest.approx(60.0)
-    assert doc["base2novel"]["hm"] == pytest.approx(2 * 90 * 60 / 150)
+    few, b2n = (next(g[k] for g in json.loads(out)["groups"] if k in g) for k in ("few_shot", "base2novel"))
+    assert few["shots"]["1"]["mean"] == pytest.approx(70.0)
+    assert few["shots"]["1"]["per_dataset"]["btmri"] == pytest.approx(60.0)
+    assert b2n["hm"] == pytest.approx(2 * 90 * 60 / 150)
     code, out, _ = run(capsys, "aggregate", tmp_path)
     assert "| **mean** |" in out and "paper (v1)" in out

@@ -16,9 +16,9 @@ from ..choices import (
     DEFAULT_ALPHA,
     DEFAULT_PRESET,
     PREDICTED,
-    ZERO_SHOT,
     checkpoint_choices,
     checkpoint_update,
+    default_checkpoint_value,
     preset_choices,
     preset_markdown,
 )
@@ -86,7 +86,7 @@ def _class_column(ctl: PredictController) -> dict[str, Any]:
     """Preset, checkpoint, the class table, Predict, and the one-class description editor."""
     preset = gr.Dropdown(preset_choices(), value=DEFAULT_PRESET, label="Modality preset", elem_id="preset")
     preset_info = gr.Markdown(preset_markdown(DEFAULT_PRESET))
-    checkpoint = gr.Dropdown(checkpoint_choices(DEFAULT_PRESET, None), value=ZERO_SHOT,
+    checkpoint = gr.Dropdown(checkpoint_choices(DEFAULT_PRESET, None), value=default_checkpoint_value(DEFAULT_PRESET),
                              allow_custom_value=True, label="Prompt checkpoint", elem_id="checkpoint",
                              info="Registry checkpoints need the network; any hf-hub: id can be typed.")
     initial = ctl.preset_table(DEFAULT_PRESET)
