@@ -116,7 +116,7 @@ def sources_frame(prediction: Prediction) -> pd.DataFrame:
     cols: dict[str, list[str]] = {"class": names}
     for key, title in SOURCE_TITLES.items():
         probs = prediction.sources.get(key)
-        cols[title] = [_pct(probs[c]) if probs else "n/a" for c in names]
+        cols[title] = [percent(probs[c]) if probs else "n/a" for c in names]
     return pd.DataFrame(cols)
 
 
@@ -257,8 +257,9 @@ def escape(text: Any) -> str:
 
 # ---------------------------------------------------------------------- helpers
 
-def _pct(p: float) -> str:
-    return f"{100.0 * p:.1f} %"
+def percent(p: float | None) -> str:
+    """A fraction as the app writes percentages everywhere: one decimal, a space, '-' when unknown."""
+    return "-" if p is None else f"{100.0 * p:.1f} %"
 
 
 def _short(text: str, n: int) -> str:

@@ -12,7 +12,7 @@ from dpt_core.errors import InputError
 from dpt_core.explain import Explanation
 from dpt_core.predictor import Prediction
 
-from .formatting import escape
+from .formatting import escape, percent
 
 
 def checked_coverage(value: Any) -> float:
@@ -34,7 +34,7 @@ def calibration_markdown(prediction: Prediction) -> str:
         return f"**Not calibrated**: {escape(prediction.calibration_note or 'no held-out images for this prompt')}. " \
                "The probabilities above come straight from the model's softmax and tend to be over-confident."
     probs = sorted(prediction.calibrated_probs.items(), key=lambda kv: -kv[1])
-    lines = ["**Calibrated probabilities**: " + ", ".join(f"{escape(c)} {100 * p:.1f} %" for c, p in probs) + "."]
+    lines = ["**Calibrated probabilities**: " + ", ".join(f"{escape(c)} {percent(p)}" for c, p in probs) + "."]
     s = prediction.prediction_set
     if s is not None:
         text = s.describe()
@@ -57,6 +57,6 @@ def ece_line(calibration: Calibration | None) -> str:
     if calibration is None:
         return ""
     return (f"**Calibration** on the {calibration.n_calibration} held-out images: expected calibration error "
-            f"{100 * calibration.ece_before:.1f} % before, {100 * calibration.ece_after:.1f} % after the temperature "
+            f"{percent(calibration.ece_before)} before, {percent(calibration.ece_after)} after the temperature "
             f"(T = {calibration.temperature:.2g}), stored with the checkpoint; Predict shows calibrated "
             "probabilities and prediction sets for it (few images: a rough calibration).")

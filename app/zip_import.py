@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dpt_core.descriptions import class_key
+from dpt_core.data import folder_labels, folders_as_classes
 from dpt_core.errors import FewShotError
 from dpt_core.imageio import ImageLoadError, frame_pixels, load_image
 from dpt_core.limits import BudgetError, check_pixel_budget
@@ -147,11 +147,10 @@ def _match_folders(folders: list[str], class_names: Sequence[str] | None,
     if not folders:
         raise FewShotError("The zip has no folders with images. Put each class's images in a folder named "
                            "after the class, e.g. glioma_tumor/scan1.png.")
-    if not class_names:  # custom classes from the folders themselves
-        names = parse_class_names("\n".join(f.replace("_", " ") for f in sorted(folders)), limits)
-        return names, {f: i for i, f in enumerate(sorted(folders))}, []
-    by_key = {class_key(c): i for i, c in enumerate(class_names)}
-    label = {f: by_key[class_key(f)] for f in folders if class_key(f) in by_key}
+    if not class_names:  # custom classes from the folders themselves, checked as typed ones are
+        names, label = folders_as_classes(folders)
+        return parse_class_names("\n".join(names), limits), label, []
+    label = folder_labels(folders, class_names)
     unknown = sorted(f for f in folders if f not in label)
     if not label:
         raise FewShotError("No folder in the zip matches a class. Folders: " + ", ".join(sorted(folders)[:8])

@@ -66,14 +66,26 @@ def train_transform(backbone: Backbone) -> T.Compose:
     ])
 
 
-def match_class_folders(folders: Sequence[str], class_names: Sequence[str] | None) -> tuple[list[str], dict[str, int]]:
-    """Class names in label order and the label of each folder."""
-    if class_names is not None:
-        by_key = {class_key(c): i for i, c in enumerate(class_names)}
-        if folders and all(class_key(f) in by_key for f in folders):
-            return list(class_names), {f: by_key[class_key(f)] for f in folders}
+def folder_labels(folders: Sequence[str], class_names: Sequence[str]) -> dict[str, int]:
+    """The label of each folder named after a class ('_' as space, any case); other folders are left out."""
+    by_key = {class_key(c): i for i, c in enumerate(class_names)}
+    return {f: by_key[class_key(f)] for f in folders if class_key(f) in by_key}
+
+
+def folders_as_classes(folders: Sequence[str]) -> tuple[list[str], dict[str, int]]:
+    """The folders themselves as the classes, in sorted order ('_' read as a space)."""
     ordered = sorted(folders)
     return [f.replace("_", " ") for f in ordered], {f: i for i, f in enumerate(ordered)}
+
+
+def match_class_folders(folders: Sequence[str], class_names: Sequence[str] | None) -> tuple[list[str], dict[str, int]]:
+    """Class names in label order and the label of each folder: the given classes when every folder
+    names one of them, else the folders themselves."""
+    if class_names is not None:
+        labels = folder_labels(folders, class_names)
+        if folders and len(labels) == len(folders):
+            return list(class_names), labels
+    return folders_as_classes(folders)
 
 
 def scan_image_folder(root: str | Path, class_names: Sequence[str] | None = None) -> tuple[list[str], list[ImageRecord]]:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .data import eval_transform
+from .losses import scaled_logits
 from .model import BiomedDPT
 
 DEFAULT_STEPS = 4  # 2 * 4 = 8 extra forwards
@@ -152,7 +153,7 @@ def faithfulness(
 
     def score(batch: torch.Tensor) -> torch.Tensor:
         feats = model.encode_image(batch).float()
-        probs = torch.softmax(tau * feats @ text.t(), dim=-1)  # [B, K]; row 0 is the intact image
+        probs = torch.softmax(scaled_logits(feats, text, tau), dim=-1)  # [B, K]; row 0 is the intact image
         return probs[:, int(probs[0].argmax()) if target is None else target]
 
     return deletion_test(score, x, cell_scores(heatmap, grid), masked_cells, grid, steps, seed)

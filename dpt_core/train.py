@@ -36,7 +36,7 @@ import torch
 from .data import LabelledImages, train_transform
 from .features import encode_images
 from .integrity import check_train_settings
-from .losses import LossWeights, dpt_loss
+from .losses import LossWeights, dpt_loss, scaled_logits
 from .model import BiomedDPT
 from .teacher import Teacher
 
@@ -282,7 +282,7 @@ def fit_epochs(
                         batch = torch.stack([aug(data.images[int(i)]) for i in idx]).to(device)
                         feats = model.encode_image(batch)
                 out = model(image_features=feats, text_encoder=text_encoder)
-                teacher_logits = model.logit_scale() * feats @ teacher_text.t()
+                teacher_logits = scaled_logits(feats, teacher_text, model.logit_scale())
                 parts = dpt_loss(out.logits, teacher_logits, labels[idx.to(device)], out.text_features,
                                  teacher_text, config.loss_weights)
                 optim.zero_grad(set_to_none=True)

@@ -155,3 +155,21 @@ def chromium():
             yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture()
+def demo_page(chromium, live_demo):  # chromium first: skip before launching when it is missing
+    """A factory of Chromium pages on the live demo at a given viewport, each ready once Predict shows."""
+    pages = []
+
+    def open_page(width: int = 1400, height: int = 1000, timeout_ms: int = 60_000):
+        pg = chromium.new_page(viewport={"width": width, "height": height})
+        pages.append(pg)
+        pg.set_default_timeout(timeout_ms)
+        pg.goto(live_demo[1])
+        pg.wait_for_selector("#predict-btn")
+        return pg
+
+    yield open_page
+    for pg in pages:
+        pg.close()

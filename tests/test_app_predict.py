@@ -229,13 +229,14 @@ def test_too_long_description_is_a_message(ctl, ct_path):
 @pytest.mark.slow
 def test_hundred_classes_work(ctl, ct_path):
     out = predict(ctl, ct_path, _table([f"finding number {i}" for i in range(100)]), "custom")
-    assert len(out[0]) == 100 and abs(sum(out[0].values()) - 1) < 1e-4
+    assert len(out["label"]) == 100 and abs(sum(out["label"].values()) - 1) < 1e-4
 
 
 def test_empty_description_is_allowed_and_explained(ctl, ct_path, btmri_table):
     table = btmri_table.copy()
     table.iloc[1, 1] = ""  # meningioma: no descriptions at all
-    label, sources, modality_md, *_ = predict(ctl, ct_path, table)
+    out = predict(ctl, ct_path, table)
+    label, sources, modality_md = out["label"], out["sources"], out["modality_md"]
     assert abs(sum(label.values()) - 1) < 1e-4
     assert set(sources["expert descriptions"]) == {"n/a"}
     assert "no description" in modality_md
@@ -246,14 +247,14 @@ def test_empty_description_is_allowed_and_explained(ctl, ct_path, btmri_table):
 def test_offline_registry_checkpoint_is_a_clear_message(ctl, ct_path, btmri_table):
     entry = entries_for("btmri")[0]
     with pytest.warns(UserWarning, match="Hugging Face Hub") as caught:  # gr.Warning outside a request
-        table_update, ckpt_update = ctl.on_checkpoint(entry.id, "btmri", btmri_table, None)
+        ckpt_update = ctl.on_checkpoint(entry.id, "btmri", btmri_table, None)["checkpoint"]
     assert "zero-shot" in str(caught[0].message) and ckpt_update["value"] == ZERO_SHOT
     assert "hugging face hub" in error_of(predict, ctl, ct_path, btmri_table, "btmri", entry.id)
 
 
 def test_local_paths_are_refused_as_checkpoint_ids(ctl, tmp_path, ct_path, btmri_table, monkeypatch):
     with pytest.warns(UserWarning, match="hf-hub:"):
-        assert ctl.on_checkpoint(str(tmp_path), "btmri", None, None)[1]["value"] == ZERO_SHOT
+        assert ctl.on_checkpoint(str(tmp_path), "btmri", None, None)["checkpoint"]["value"] == ZERO_SHOT
     assert "hf-hub:" in error_of(predict, ctl, ct_path, btmri_table, "btmri", str(tmp_path))
     monkeypatch.setenv("DPT_ALLOW_LOCAL_CHECKPOINTS", "1")  # an operator's private deployment
     assert "needs config.json" in error_of(predict, ctl, ct_path, btmri_table, "btmri", str(tmp_path))
@@ -262,8 +263,10 @@ def test_local_paths_are_refused_as_checkpoint_ids(ctl, tmp_path, ct_path, btmri
 # ---------------------------------------------------------------------------- happy paths
 
 def test_predict_on_a_real_dicom(ctl, ct_path, btmri_table):
-    label, sources, modality_md, contrib_class, plot, table, target, calibration, state = predict(
-        ctl, ct_path, btmri_table)
+    out = predict(ctl, ct_path, btmri_table)
+    label, sources, modality_md, contrib_class, plot, table, target, calibration, state = (out[name] for name in (
+        "label", "sources", "modality_md", "contrib_class", "contrib_plot", "contrib_table", "target",
+        "calibration_md", "pred_state"))
     assert "Not calibrated" in calibration  # the zero-shot prompt has no held-out images
     assert set(label) == set(btmri_table[fmt.CLASS_COL]) and abs(sum(label.values()) - 1) < 1e-4
     assert list(sources.columns) == ["class", "learned prompt", "template ensemble", "expert descriptions"]
@@ -276,26 +279,31 @@ def test_predict_on_a_real_dicom(ctl, ct_path, btmri_table):
     assert "not meaningful" in modality_md
     # another class's contributions, from the kept state (no recomputation)
     other = [c for c in label if c != state.prediction][0]
-    plot2, table2 = ctl.on_contrib_class(other, state)
+    redrawn = ctl.on_contrib_class(other, state)
+    plot2, table2 = redrawn["contrib_plot"], redrawn["contrib_table"]
     assert len(plot2) == 15 and set(table2["prompt text"]) != set(table["prompt text"])
 
 
 def test_upload_preview_and_frame_slider(ctl, tmp_path, ct_path):
-    slider, preview, info, *cleared = ctl.on_upload(ct_path)
+    out = ctl.on_upload(ct_path)
+    slider, preview, info = out.pop("frame"), out.pop("preview"), out.pop("image_info")
+    cleared = list(out.values())
     assert slider["visible"] is False and isinstance(preview, Image.Image) and "DICOM" in info
     assert all(v in (None, "") for v in cleared)
 
     multi = str(write_dicom(tmp_path / "multi.dcm", frames=5))
-    slider, preview, info, *_ = ctl.on_upload(multi)
+    out = ctl.on_upload(multi)
+    slider, preview, info = out["frame"], out["preview"], out["image_info"]
     # one numbering, from 1, for the slider and the summary line
     assert slider["visible"] is True and slider["minimum"] == 1 and slider["maximum"] == 5 and slider["value"] == 3
     assert "frame 3 of 5" in info and "modality MR" in info and "body part BRAIN" in info
-    last, info_last, *cleared = ctl.on_frame(multi, 5)
-    assert all(v in (None, "") for v in cleared)
+    out = ctl.on_frame(multi, 5)
+    last, info_last = out.pop("preview"), out.pop("image_info")
+    assert all(v in (None, "") for v in out.values())
     assert "frame 5 of 5" in info_last and not np.array_equal(np.asarray(last), np.asarray(preview))
     assert "frame 7 does not exist" in error_of(ctl.on_frame, multi, 7)
     out = ctl.on_predict(multi, 4, "btmri", ZERO_SHOT, ctl.preset_table("btmri"), None)
-    assert abs(sum(out[0].values()) - 1) < 1e-4
+    assert abs(sum(out["label"].values()) - 1) < 1e-4
 
 
 def test_tiff_16bit_and_rgba_png(ctl, tmp_path, btmri_table):
@@ -304,7 +312,7 @@ def test_tiff_16bit_and_rgba_png(ctl, tmp_path, btmri_table):
     rgba = tmp_path / "x.png"
     Image.new("RGBA", (40, 30), (200, 10, 10, 128)).save(rgba)
     for p in (tif, rgba):
-        assert abs(sum(predict(ctl, str(p), btmri_table)[0].values()) - 1) < 1e-4
+        assert abs(sum(predict(ctl, str(p), btmri_table)["label"].values()) - 1) < 1e-4
 
 
 def test_editing_one_description_reencodes_only_that_sentence(ctl, services, ct_path, btmri_table):
@@ -317,9 +325,9 @@ def test_editing_one_description_reencodes_only_that_sentence(ctl, services, ct_
     table.iloc[0, 1] = fmt.SEPARATOR.join(sentences)
     after = predict(ctl, ct_path, table)
     assert len(cache) == n0 + 1  # exactly the edited sentence was encoded
-    assert after[0] == before[0]  # the learned prompt (the prediction) does not use descriptions
-    assert before[1]["template ensemble"].tolist() == after[1]["template ensemble"].tolist()
-    assert any(p.text == sentences[0] for p in after[-1].prompts)  # the new sentence is a prompt now
+    assert after["label"] == before["label"]  # the learned prompt (the prediction) does not use descriptions
+    assert before["sources"]["template ensemble"].tolist() == after["sources"]["template ensemble"].tolist()
+    assert any(p.text == sentences[0] for p in after["pred_state"].prompts)  # the new sentence is a prompt now
 
 
 def test_class_add_remove_rename(ctl, ct_path, btmri_table):
@@ -328,21 +336,23 @@ def test_class_add_remove_rename(ctl, ct_path, btmri_table):
     table = table.drop(index=2)  # remove pituitary
     table.loc[len(table) + 5] = ["brain abscess", "a ring-enhancing lesion with central restricted diffusion."]  # add
     table.loc[len(table) + 6] = ["", ""]  # an empty row added in the UI is ignored
-    label = predict(ctl, ct_path, table)[0]
+    label = predict(ctl, ct_path, table)["label"]
     assert set(label) == {"glioma tumor", "meningioma tumor", "healthy brain", "brain abscess"}
 
 
 def test_reset_and_preset_change(ctl, btmri_table):
-    table, gen_class, text = ctl.on_reset("btmri")
+    out = ctl.on_reset("btmri")
+    table, gen_class, text = out["table"], out["gen_class"], out["desc_box"]
     pd.testing.assert_frame_equal(table, btmri_table)
     n_sentences = len(load_bank("btmri")["glioma tumor"])  # the shipped bank, one sentence per line
     assert gen_class["value"] == "glioma tumor" and text.count("\n") == n_sentences - 1 and n_sentences >= 25
-    new_table, ckpt, info, gen, text = ctl.on_preset("busi", None, btmri_table, ZERO_SHOT)
+    out = ctl.on_preset("busi", None, btmri_table, ZERO_SHOT)
+    new_table, ckpt, info, gen, text = (out[n] for n in ("table", "checkpoint", "preset_info", "gen_class", "desc_box"))
     assert gen["value"] == "benign tumor" and text.splitlines()[0] in new_table.iloc[0, 1]
     assert list(new_table[fmt.CLASS_COL]) == ["benign tumor", "malignant tumor", "normal scan"]
     assert ckpt["value"] == ZERO_SHOT and any(v == e.id for _, v in ckpt["choices"] for e in entries_for("busi"))
     assert "Breast ultrasound" in info
-    custom, *_ = ctl.on_preset("custom", None, btmri_table, ZERO_SHOT)
+    custom = ctl.on_preset("custom", None, btmri_table, ZERO_SHOT)["table"]
     assert list(custom[fmt.CLASS_COL]) == list(btmri_table[fmt.CLASS_COL])  # custom starts from the table
 
 
@@ -360,7 +370,8 @@ def test_one_class_text_editor(ctl, btmri_table):
 
 
 def test_generated_descriptions_are_a_proposal_until_applied(ctl, btmri_table):
-    text, note = ctl.on_generate("btmri", btmri_table, "glioma tumor", "retrieval", 5, None, None)
+    proposal = ctl.on_generate("btmri", btmri_table, "glioma tumor", "retrieval", 5, None, None)
+    text, note = proposal["desc_box"], proposal["gen_note"]
     assert len(text.splitlines()) == 5 and "not generated" in note and "Proposal" in note
     assert "Apply to the table" in note  # the note names the button that accepts it
     # accepting is the one-class editor's apply: only then the table changes, for that class only
@@ -371,7 +382,7 @@ def test_generated_descriptions_are_a_proposal_until_applied(ctl, btmri_table):
     # a class the bank lacks: the nearest one of the same modality, and the note says so
     table2 = btmri_table.copy()
     table2.loc[9] = ["pituitary adenoma", ""]
-    _, note2 = ctl.on_generate("btmri", table2, "pituitary adenoma", "retrieval", 3, None, None)
+    note2 = ctl.on_generate("btmri", table2, "pituitary adenoma", "retrieval", 3, None, None)["gen_note"]
     assert "nearest class: pituitary tumor" in note2
     # nothing similar in the MRI bank: a clear message, never another modality's class
     table2.loc[9] = ["basal cell carcinoma", ""]
@@ -395,12 +406,13 @@ def test_hf_inference_offline_never_leaks_the_token(ctl, btmri_table, caplog):
     ("rollout", PREDICTED, ""),
 ])
 def test_attention_overlays(ctl, ct_path, btmri_table, method, target, phrase):
-    img, caption, expl = ctl.on_explain(ct_path, 0, "btmri", ZERO_SHOT, btmri_table, None, method, target, phrase, 0.5)
+    out = ctl.on_explain(ct_path, 0, "btmri", ZERO_SHOT, btmri_table, None, method, target, phrase, 0.5)
+    img, caption, expl = out["overlay_img"], out["caption"], out["expl_state"]
     assert isinstance(img, Image.Image) and img.size == (224, 224)
     assert "not lesion localisation" in caption and "visual prompt" in caption
     assert expl.method == method
     if method == "gradcam":
-        predicted = predict(ctl, ct_path, btmri_table)[3]["value"]  # the class dropdown's update
+        predicted = predict(ctl, ct_path, btmri_table)["contrib_class"]["value"]  # the class dropdown's update
         assert expl.target == (phrase or (predicted if target == PREDICTED else target))
     faint, strong = ctl.on_alpha(0.0, expl), ctl.on_alpha(1.0, expl)
     assert np.asarray(faint).tolist() != np.asarray(strong).tolist()
@@ -467,7 +479,7 @@ def test_modality_warning_reaches_the_ui(ctl, ct_path, btmri_table, monkeypatch)
 
     monkeypatch.setattr(svc, "check_modality", fake_check)
     with pytest.warns(UserWarning):  # gr.Warning outside a request falls back to warnings.warn
-        modality_md = predict(ctl, ct_path, btmri_table)[2]
+        modality_md = predict(ctl, ct_path, btmri_table)["modality_md"]
     assert "looks more like a histopathology image" in modality_md
 
 
@@ -490,14 +502,16 @@ def test_session_state_lifecycle_and_trained_checkpoints(ctl, services, ct_path,
     assert ("my run (trained in this session)", str(folder)) in choices
     assert ctl.checkpoint_id("my run", state) == str(folder) == ctl.checkpoint_id(str(folder), state)
     # the checkpoint's classes come into the table when it is chosen
-    table, ckpt_update = ctl.on_checkpoint(str(folder), "btmri", btmri_table, state)
-    assert list(table[fmt.CLASS_COL]) == ["cat scan", "dog scan"] and ckpt_update == gr.update()
-    label = predict(ctl, ct_path, table, "custom", str(folder), state=state)[0]
+    chosen = ctl.on_checkpoint(str(folder), "btmri", btmri_table, state)
+    table = chosen["table"]
+    assert list(table[fmt.CLASS_COL]) == ["cat scan", "dog scan"] and chosen.get("checkpoint", gr.update()) == gr.update()
+    label = predict(ctl, ct_path, table, "custom", str(folder), state=state)["label"]
     assert set(label) == {"cat scan", "dog scan"}
     # a preset change keeps a trained checkpoint selected, resets anything else
-    kept_table, kept, *_ = ctl.on_preset("busi", state, table, str(folder))
+    kept_out = ctl.on_preset("busi", state, table, str(folder))
+    kept_table, kept = kept_out["table"], kept_out["checkpoint"]
     assert kept["value"] == str(folder) and list(kept_table[fmt.CLASS_COL]) == ["cat scan", "dog scan"]
-    assert ctl.on_preset("busi", state, table, ZERO_SHOT)[1]["value"] == ZERO_SHOT
+    assert ctl.on_preset("busi", state, table, ZERO_SHOT)["checkpoint"]["value"] == ZERO_SHOT
     cleanup_session_state(state)
     assert not Path(state["dir"]).exists() and state["trained"] == {}
     cleanup_session_state(state)  # idempotent
@@ -514,14 +528,14 @@ def test_dicom_phi_appears_in_no_output_and_no_log(ctl, tmp_path, caplog):
         ctl.on_upload(path),
         ctl.on_frame(path, 1),
         predict(ctl, path, table, frame=1),
-        ctl.on_explain(path, 1, "btmri", ZERO_SHOT, table, None, "gradcam", PREDICTED, "", 0.4)[1],
+        ctl.on_explain(path, 1, "btmri", ZERO_SHOT, table, None, "gradcam", PREDICTED, "", 0.4)["caption"],
         ctl.api_predict(path, "btmri"),
         ctl.api_explain(path, "btmri")[1],
     ]
     text = json.dumps(outputs, default=str) + caplog.text
     for secret in (SECRET_NAME, "Secretname", SECRET_ID, "Doe"):
         assert secret not in text
-    assert "modality MR" in outputs[0][2]  # the allowlisted fields do show
+    assert "modality MR" in outputs[0]["image_info"]  # the allowlisted fields do show
 
 
 # ---------------------------------------------------------------------------- API functions in-process
@@ -598,7 +612,7 @@ def test_example_predictions_are_cached_lazily_uploads_never(tiny, tmp_path):
     first = ctl.on_predict(str(example), 0, "btmri", ZERO_SHOT, table, None)
     again = ctl.on_predict(str(example), 0, "btmri", ZERO_SHOT, table, None)
     assert model_calls == ["_predict"]  # computed on first use, then served from memory
-    assert again[0] == first[0]
+    assert again["label"] == first["label"]
     edited = table.copy()
     edited.iloc[0, 1] = "a sentence nobody has encoded before"
     ctl.on_predict(str(example), 0, "btmri", ZERO_SHOT, edited, None)
@@ -619,3 +633,14 @@ def test_example_predictions_are_cached_lazily_uploads_never(tiny, tmp_path):
 def test_api_explain_matches_class_names_like_the_rest_of_the_app(ctl, ct_path):
     _, info = ctl.api_explain(ct_path, "btmri", "Normal_Brain")  # underscores and case, as in folder names
     assert info["target"] == "normal brain"
+
+
+def test_handler_dicts_map_onto_the_wired_outputs():
+    from app.predict import view
+
+    keyed = view.by_name(lambda: {"caption": "x", "label": {"a": 1.0}}, ["label", "overlay_img", "caption"])
+    label, overlay_img, caption = keyed()
+    assert label == {"a": 1.0} and caption == "x" and overlay_img == gr.update()  # absent: left as it is
+    with pytest.raises(KeyError, match="not wired"):
+        view.by_name(lambda: {"sources": None}, ["label"])()
+    assert set(view.cleared_results()) == set(view.RESULTS)

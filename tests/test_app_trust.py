@@ -44,7 +44,7 @@ def state():
 
 
 def _predict(ctl, state, path, ct_path):
-    table, _ = ctl.on_checkpoint(str(path), "btmri", ctl.preset_table("btmri"), state)
+    table = ctl.on_checkpoint(str(path), "btmri", ctl.preset_table("btmri"), state)["table"]
     return ctl.on_predict(ct_path, 0, "custom", str(path), table, state), table
 
 
@@ -52,7 +52,7 @@ def test_calibrated_checkpoint_shows_calibrated_probabilities_and_the_set(ctl, s
     folder = _checkpoint(services, session_dir(state) / "cal", 40)
     add_trained(state, "calibrated", folder)
     out, _ = _predict(ctl, state, folder, ct_path)
-    md, pred = out[-2], out[-1]
+    md, pred = out["calibration_md"], out["pred_state"]
     assert "**Calibrated probabilities**" in md and "%" in md
     assert "With 90% coverage on images like the 40 calibration images: {" in md
     assert set(pred.calibrated_probs) == set(CLASSES) and pred.prediction in pred.prediction_set.classes
@@ -61,9 +61,9 @@ def test_calibrated_checkpoint_shows_calibrated_probabilities_and_the_set(ctl, s
 def test_coverage_is_picked_and_redrawn_without_recomputing(ctl, services, state, ct_path, monkeypatch):
     folder = _checkpoint(services, session_dir(state) / "cov", 40)
     add_trained(state, "cov", folder)
-    table, _ = ctl.on_checkpoint(str(folder), "btmri", ctl.preset_table("btmri"), state)
+    table = ctl.on_checkpoint(str(folder), "btmri", ctl.preset_table("btmri"), state)["table"]
     out = ctl.on_predict(ct_path, 0, "custom", str(folder), table, state, 0.95)
-    md, pred = out[-2], out[-1]
+    md, pred = out["calibration_md"], out["pred_state"]
     assert "With 95% coverage on images like the 40 calibration images" in md and pred.prediction_set.coverage == 0.95
     assert "With 80% coverage" in ctl.on_coverage(0.8, pred)
     assert pred.set_at(0.8).classes == pred.calibration.prediction_set(
@@ -79,29 +79,31 @@ def test_coverage_is_picked_and_redrawn_without_recomputing(ctl, services, state
 def test_too_few_calibration_images_says_so(ctl, services, state, ct_path):
     folder = _checkpoint(services, session_dir(state) / "few", 6)
     add_trained(state, "few", folder)
-    md = _predict(ctl, state, folder, ct_path)[0][-2]
+    md = _predict(ctl, state, folder, ct_path)[0]["calibration_md"]
     assert "needs at least 9 calibration images" in md and "calibrated on 6" in md and "{" not in md
 
 
 def test_uncalibrated_says_not_calibrated(ctl, services, state, ct_path):
     folder = _checkpoint(services, session_dir(state) / "plain", None)
     add_trained(state, "plain", folder)
-    assert "**Not calibrated**" in _predict(ctl, state, folder, ct_path)[0][-2]
-    zero = ctl.on_predict(ct_path, 0, "btmri", ZERO_SHOT, ctl.preset_table("btmri"), None)[-2]
+    assert "**Not calibrated**" in _predict(ctl, state, folder, ct_path)[0]["calibration_md"]
+    zero = ctl.on_predict(ct_path, 0, "btmri", ZERO_SHOT, ctl.preset_table("btmri"), None)["calibration_md"]
     assert "**Not calibrated**" in zero and "zero-shot" in zero
 
 
 def test_faithfulness_checkbox_adds_one_line_under_the_overlay(ctl, ct_path):
     table = ctl.preset_table("btmri")
-    _, plain, expl = ctl.on_explain(ct_path, 0, "btmri", ZERO_SHOT, table, None, "gradcam", PREDICTED, "", 0.5)
+    out = ctl.on_explain(ct_path, 0, "btmri", ZERO_SHOT, table, None, "gradcam", PREDICTED, "", 0.5)
+    plain, expl = out["caption"], out["expl_state"]
     assert "deletion AUC" not in plain and expl.faithfulness is None
     for method in ("gradcam", "rollout"):
-        _, caption, expl = ctl.on_explain(ct_path, 0, "btmri", ZERO_SHOT, table, None, method, PREDICTED, "", 0.5,
-                                          True)
+        out = ctl.on_explain(ct_path, 0, "btmri", ZERO_SHOT, table, None, method, PREDICTED, "", 0.5, True)
+        caption, expl = out["caption"], out["expl_state"]
         assert "not lesion localisation" in caption
         assert "deletion AUC" in caption and "for random order" in caption and expl.faithfulness.steps == 4
-    _, caption, expl = ctl.on_explain(ct_path, 0, "btmri", ZERO_SHOT, table, None, "gradcam", PREDICTED,
-                                      "a bright round mass", 0.5, True)
+    out = ctl.on_explain(ct_path, 0, "btmri", ZERO_SHOT, table, None, "gradcam", PREDICTED,
+                         "a bright round mass", 0.5, True)
+    caption, expl = out["caption"], out["expl_state"]
     assert expl.target == "a bright round mass" and "deletion AUC" in caption
 
 

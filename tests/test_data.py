@@ -4,7 +4,7 @@ import json
 import pytest
 from PIL import Image
 
-from dpt_core.data import DataError, few_shot, read_split_file, scan_image_folder
+from dpt_core.data import DataError, few_shot, match_class_folders, read_split_file, scan_image_folder
 
 
 def _folder(root, names, n=3):
@@ -50,3 +50,15 @@ def test_few_shot_is_per_seed_and_per_class(tmp_path):
     assert s1 == s1b and s1 != s2
     assert [r.label for r in s1].count(0) == 4 and [r.label for r in s1].count(1) == 4
     assert len(few_shot(records, 50, 1)) == 20  # fewer than K: all of them
+
+
+def test_folder_matching_is_one_rule_for_folders_and_zips():
+    from dpt_core.data import folder_labels, folders_as_classes
+
+    # '_' as a space and any case; a folder naming no class is left out (a zip reports it as skipped)
+    assert folder_labels(["Glioma_Tumor", "normal brain", "misc"], ["normal brain", "glioma tumor"]) == {
+        "Glioma_Tumor": 1, "normal brain": 0}
+    assert folders_as_classes(["b_x", "a"]) == (["a", "b x"], {"a": 0, "b_x": 1})
+    # a folder tree takes the given classes only when every folder names one of them
+    assert match_class_folders(["glioma_tumor", "misc"], ["glioma tumor"]) == (["glioma tumor", "misc"],
+                                                                               {"glioma_tumor": 0, "misc": 1})

@@ -261,7 +261,7 @@ def test_no_model_work_runs_in_the_server_process(tmp_path):
         ctl = PredictController(services)  # the Predict tab's own handler, on an upload
         upload = tmp_path / "scan.png"
         image.save(upload)
-        probs = ctl.on_predict(str(upload), 0, "btmri", ZERO_SHOT, ctl.preset_table("btmri"), None)[0]
+        probs = ctl.on_predict(str(upload), 0, "btmri", ZERO_SHOT, ctl.preset_table("btmri"), None)["label"]
         assert sorted(probs) == sorted(BTMRI)
         r = services.run_fewshot(setup, _data(4), TrainSettings.from_setup(setup, epochs=2, views=2),
                                  tmp_path / "ck", "", FileChannel(tmp_path / "ch"))

@@ -9,7 +9,7 @@ import pandas as pd
 from dpt_core.fewshot import FewShotResult, Status
 
 from .. import trust_view
-from ..formatting import escape
+from ..formatting import escape, percent
 
 
 def loss_frame(epochs: Sequence[dict]) -> pd.DataFrame:
@@ -42,10 +42,6 @@ def _secs(s: float) -> str:
     return f"{s:.1f} s" if s < 10 else f"{s:.0f} s"
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f} %"
-
-
 def summary_markdown(r: FewShotResult) -> str:
     t = r.timings
     lines = [(f"**Trained** on {r.n_train} images of {len(r.class_names)} classes: {r.epochs_completed} of "
@@ -61,8 +57,8 @@ def summary_markdown(r: FewShotResult) -> str:
         right_z = round(c.zero_shot.accuracy * c.n_images)
         lines.append(
             f"**Held-out check** on {c.n_images} images that training never saw "
-            f"({', '.join(map(str, c.per_class_counts))} per class): adapted prompt **{_pct(c.adapted.accuracy)}** "
-            f"({right_a}/{c.n_images}) vs zero-shot prompt **{_pct(c.zero_shot.accuracy)}** ({right_z}/{c.n_images}). "
+            f"({', '.join(map(str, c.per_class_counts))} per class): adapted prompt **{percent(c.adapted.accuracy)}** "
+            f"({right_a}/{c.n_images}) vs zero-shot prompt **{percent(c.zero_shot.accuracy)}** ({right_z}/{c.n_images}). "
             f"Each image moves accuracy by {100 / c.n_images:.1f} points: a sanity check, not a validation.")
         if r.calibration is not None:
             lines.append(trust_view.ece_line(r.calibration))

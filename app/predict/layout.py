@@ -1,6 +1,7 @@
 """The Predict tab's layout: components and event wiring only (handlers in ``.handlers``)."""
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -25,6 +26,7 @@ from ..description_proposal import ACCEPT_LABEL
 from ..errors import shown_beside
 from ..examples import EXAMPLES_DIR, examples_markdown, load_examples
 from ..services import Services
+from . import view
 from .handlers import PredictController
 
 log = logging.getLogger(__name__)
@@ -177,66 +179,91 @@ def _attention_section() -> dict[str, Any]:
     return {k: v for k, v in locals().items() if isinstance(v, gr.components.Component)}
 
 
+PRIVATE = {"api_visibility": "private"}
+RESULTS = list(view.RESULTS)
+
+
 def _wire(ui: SimpleNamespace, ctl: PredictController, session: gr.State,
           examples: list[dict[str, Any]]) -> Callable[[Any], Any]:
     """The tab's events; returns the hook that "Use in Predict" chains after setting preset and checkpoint."""
-    examples_state = gr.State(examples)
-    pred_state = gr.State(None)
-    expl_state = gr.State(None)
-    results = [ui.label, ui.sources, ui.modality_md, ui.contrib_plot, ui.contrib_table, ui.overlay_img, ui.caption, pred_state, expl_state,
-               ui.calibration_md]
-    private = {"api_visibility": "private"}
+    ui.examples_state = gr.State(examples)
+    ui.pred_state = gr.State(None)
+    ui.expl_state = gr.State(None)
+    on = functools.partial(_on, ui)
+    _wire_scan_and_classes(ui, ctl, session, on)
+    _wire_results(ui, ctl, session, on)
 
-    # Every UI event goes through app.errors.shown_beside: a failure is a note beside its control
-    # (and a toast) that stays until that event runs again; outputs are never turned into badges.
-    def on(event: Any, fn: Callable[..., Any], inputs: list, outputs: list, msg: gr.Markdown, action: str,
-           **options: Any) -> Any:
-        return event(shown_beside(fn, len(outputs), action), inputs, [*outputs, msg], **private, **options)
+    def use_checkpoint(event: Any) -> Any:
+        return on(event.success, ctl.on_use_checkpoint, [ui.preset, ui.checkpoint, session],
+                  ["table", "preset_info", "gen_class", "desc_box"], ui.classes_msg, "use the checkpoint").then(
+            view.by_name(ctl.cleared_results, RESULTS), None, [getattr(ui, n) for n in RESULTS],
+            show_progress="hidden", **PRIVATE)
 
-    on(ui.image.change, ctl.on_upload, [ui.image], [ui.frame, ui.preview, ui.image_info, *results], ui.scan_msg, "read the image")
+    return use_checkpoint
+
+
+def _on(ui: SimpleNamespace, event: Any, fn: Callable[..., Any], inputs: list | None, names: list[str],
+        msg: gr.Markdown | None, action: str = "", **options: Any) -> Any:
+    """Wire ``fn`` (returning a dict keyed by component name) to ``event`` with the components ``names``.
+
+    With ``msg``, the event goes through app.errors.shown_beside: a failure is a note beside its
+    control (and a toast) that stays until that event runs again; outputs are never turned into badges.
+    """
+    keyed = view.by_name(fn, names)
+    outputs = [getattr(ui, n) for n in names]
+    if msg is None:
+        return event(keyed, inputs, outputs, **PRIVATE, **options)
+    return event(shown_beside(keyed, len(outputs), action), inputs, [*outputs, msg], **PRIVATE, **options)
+
+
+def _wire_scan_and_classes(ui: SimpleNamespace, ctl: PredictController, session: gr.State,
+                           on: Callable[..., Any]) -> None:
+    """Upload, frame, examples, preset, checkpoint and the class table."""
+    on(ui.image.change, ctl.on_upload, [ui.image], ["frame", "preview", "image_info", *RESULTS], ui.scan_msg,
+       "read the image")
     # .input: typing a number and the arrow keys move the preview too, not only a mouse release
-    on(ui.frame.input, ctl.on_frame, [ui.image, ui.frame], [ui.preview, ui.image_info, *results], ui.scan_msg, "read that frame",
-       trigger_mode="always_last")
-    preset_outputs = [ui.table, ui.checkpoint, ui.preset_info, ui.gen_class, ui.desc_box]
-    on(ui.gallery.select, ctl.on_example_click, [examples_state, ui.preset, session, ui.table, ui.checkpoint],
-       [ui.image, ui.preset, *preset_outputs], ui.scan_msg, "open the example")
+    on(ui.frame.input, ctl.on_frame, [ui.image, ui.frame], ["preview", "image_info", *RESULTS], ui.scan_msg,
+       "read that frame", trigger_mode="always_last")
+    preset_outputs = ["table", "checkpoint", "preset_info", "gen_class", "desc_box"]
+    on(ui.gallery.select, ctl.on_example_click, [ui.examples_state, ui.preset, session, ui.table, ui.checkpoint],
+       ["image", "preset", *preset_outputs], ui.scan_msg, "open the example")
     # .input, not .change: only the user's own choice triggers these. Programmatic updates
     # (an example click, "Use in Predict") bring everything they change in one handler, so
     # no two events race over the table and the checkpoint.
     on(ui.preset.input, ctl.on_preset, [ui.preset, session, ui.table, ui.checkpoint], preset_outputs, ui.classes_msg,
        "change the preset")
-    on(ui.checkpoint.input, ctl.on_checkpoint, [ui.checkpoint, ui.preset, ui.table, session], [ui.table, ui.checkpoint], ui.classes_msg,
-       "load the checkpoint")
+    on(ui.checkpoint.input, ctl.on_checkpoint, [ui.checkpoint, ui.preset, ui.table, session], ["table", "checkpoint"],
+       ui.classes_msg, "load the checkpoint")
     for control in (ui.preset, ui.checkpoint, ui.table):  # results of other inputs are not left beside these
-        control.input(ctl.cleared_results, None, results, show_progress="hidden", **private)
+        on(control.input, ctl.cleared_results, None, RESULTS, None, show_progress="hidden")
+    on(ui.reset_btn.click, ctl.on_reset, [ui.preset], ["table", "gen_class", "desc_box"], ui.classes_msg,
+       "reset the classes")
+    ui.table.change(ctl.on_table_edit, [ui.table, ui.gen_class], [ui.gen_class], show_progress="hidden", **PRIVATE)
+    ui.gen_class.change(ctl.on_class_pick, [ui.table, ui.gen_class], [ui.desc_box], show_progress="hidden", **PRIVATE)
+    ui.apply_btn.click(shown_beside(ctl.on_apply, 1, "update the descriptions"), [ui.table, ui.gen_class, ui.desc_box],
+                       [ui.table, ui.gen_msg], **PRIVATE)
+    on(ui.gen_btn.click, ctl.on_generate, [ui.preset, ui.table, ui.gen_class, ui.gen_backend, ui.gen_n, ui.gen_token,
+                                           ui.gen_model], ["desc_box", "gen_note"], ui.gen_msg, "generate descriptions")
 
-    def use_checkpoint(event: Any) -> Any:
-        return on(event.success, ctl.on_use_checkpoint, [ui.preset, ui.checkpoint, session],
-                  [ui.table, ui.preset_info, ui.gen_class, ui.desc_box], ui.classes_msg, "use the checkpoint").then(
-            ctl.cleared_results, None, results, show_progress="hidden", **private)
 
-    on(ui.reset_btn.click, ctl.on_reset, [ui.preset], [ui.table, ui.gen_class, ui.desc_box], ui.classes_msg, "reset the classes")
-    ui.table.change(ctl.on_table_edit, [ui.table, ui.gen_class], [ui.gen_class], show_progress="hidden", **private)
-    ui.gen_class.change(ctl.on_class_pick, [ui.table, ui.gen_class], [ui.desc_box], show_progress="hidden", **private)
-    on(ui.apply_btn.click, ctl.on_apply, [ui.table, ui.gen_class, ui.desc_box], [ui.table], ui.gen_msg, "update the descriptions")
-    on(ui.gen_btn.click, ctl.on_generate, [ui.preset, ui.table, ui.gen_class, ui.gen_backend, ui.gen_n, ui.gen_token, ui.gen_model],
-       [ui.desc_box, ui.gen_note], ui.gen_msg, "generate descriptions")
+def _wire_results(ui: SimpleNamespace, ctl: PredictController, session: gr.State, on: Callable[..., Any]) -> None:
+    """Predict, its contributions and prediction set, and the attention map."""
     inputs = [ui.image, ui.frame, ui.preset, ui.checkpoint, ui.table, session]
     on(ui.predict_btn.click, ctl.on_predict, [*inputs, ui.coverage],
-       [ui.label, ui.sources, ui.modality_md, ui.contrib_class, ui.contrib_plot, ui.contrib_table, ui.target,
-        ui.calibration_md, pred_state], ui.predict_msg, "predict", concurrency_id="model", concurrency_limit=4)
-    ui.coverage.change(ctl.on_coverage, [ui.coverage, pred_state], [ui.calibration_md], show_progress="hidden",
-                       **private)
-    ui.contrib_class.change(ctl.on_contrib_class, [ui.contrib_class, pred_state], [ui.contrib_plot, ui.contrib_table], **private)
+       ["label", "sources", "modality_md", "contrib_class", "contrib_plot", "contrib_table", "target",
+        "calibration_md", "pred_state"], ui.predict_msg, "predict", concurrency_id="model", concurrency_limit=4)
+    ui.coverage.change(ctl.on_coverage, [ui.coverage, ui.pred_state], [ui.calibration_md], show_progress="hidden",
+                       **PRIVATE)
+    on(ui.contrib_class.change, ctl.on_contrib_class, [ui.contrib_class, ui.pred_state],
+       ["contrib_plot", "contrib_table"], None)
+    explained = ["overlay_img", "caption", "expl_state"]
     on(ui.explain_btn.click, ctl.on_explain, [*inputs, ui.method, ui.target, ui.phrase, ui.alpha, ui.faithful],
-       [ui.overlay_img, ui.caption, expl_state], ui.explain_msg, "compute the attention map", concurrency_id="model")
-    ui.alpha.release(ctl.on_alpha, [ui.alpha, expl_state], [ui.overlay_img], **private)
+       explained, ui.explain_msg, "compute the attention map", concurrency_id="model")
+    ui.alpha.release(ctl.on_alpha, [ui.alpha, ui.expl_state], [ui.overlay_img], **PRIVATE)
     # Rollout has no target: its controls grey out. A map already shown is redrawn with the new method.
-    ui.method.input(ctl.on_method, [ui.method], [ui.target, ui.phrase], show_progress="hidden", **private)
-    on(ui.method.input, ctl.on_method_redraw, [*inputs, ui.method, ui.target, ui.phrase, ui.alpha, expl_state],
-       [ui.overlay_img, ui.caption, expl_state], ui.explain_msg, "compute the attention map", concurrency_id="model")
-
-    return use_checkpoint
+    on(ui.method.input, ctl.on_method, [ui.method], ["target", "phrase"], None, show_progress="hidden")
+    on(ui.method.input, ctl.on_method_redraw, [*inputs, ui.method, ui.target, ui.phrase, ui.alpha, ui.expl_state],
+       explained, ui.explain_msg, "compute the attention map", concurrency_id="model")
 
 
 def _api_endpoints(ctl: PredictController) -> None:
