@@ -14,19 +14,9 @@ TIMEOUT_MS = 60_000
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def url(chromium, live_demo):  # chromium first: skip before launching when it is missing
-    return live_demo[1]
-
-
 @pytest.fixture()
-def page(chromium, url):
-    pg = chromium.new_page(viewport={"width": 1400, "height": 1000})
-    pg.set_default_timeout(TIMEOUT_MS)
-    pg.goto(url)
-    pg.wait_for_selector("#predict-btn")
-    yield pg
-    pg.close()
+def page(demo_page):
+    return demo_page(timeout_ms=TIMEOUT_MS)
 
 
 def _no_error_badges(page) -> None:
