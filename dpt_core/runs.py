@@ -19,7 +19,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 
 from .backbone import Backbone
-from .calibration import calibrate_features
+from .calibration import Calibration, calibrate, calibrate_features
 from .data import (
     DataError,
     ImageRecord,
@@ -30,6 +30,7 @@ from .data import (
     read_split_file,
     resolve_split_file,
     scan_image_folder,
+    validation_records,
 )
 from .descriptions import resolve_descriptions, same_classes
 from .evaluate import base_novel_split, evaluate_features, harmonic_mean
@@ -189,6 +190,9 @@ def run_training(
                                outcome.teacher, weights)
         check.calibration = calibrate_features(outcome.model, feats, held.labels,
                                                source=f"{len(held)} images held out of training")
+    calibration = check.calibration if check else None
+    if calibration is None and split_file is not None:
+        calibration = _validation_calibration(spec, outcome.model, class_names, base_ids)
     metrics = {**test, **(check.metrics() if check else {})}
     description = spec.data_description or "Not described by the person who trained it."
     folder = save_trained(
@@ -196,10 +200,26 @@ def run_training(
         data_description=f"{description} ({len(data)} training images, {spec.shots} shots per class, "
                          f"from {Path(spec.data).name}.)",
         protocol=spec.protocol, shots=spec.shots, data=data_record,
-        training_extra={"data": Path(spec.data).name}, calibration=check.calibration if check else None,
+        training_extra={"data": Path(spec.data).name}, calibration=calibration,
     )
     return RunResult(Path(folder), metrics, time.perf_counter() - start, len(data), list(outcome.fit.history),
                      test, check)
+
+
+def _validation_calibration(spec: RunSpec, model, class_names: Sequence[str],
+                            trained_ids: Sequence[int]) -> Calibration | None:
+    """Calibration on the split's ``val`` part, min(K, 4) images per trained class drawn per seed, as the
+    reference draws its validation set; None when the split file has no ``val`` part."""
+    try:
+        _, val, _ = _split_records(spec, class_names, "val")
+    except DataError:
+        return None
+    keep = set(trained_ids)  # base-to-novel: the base classes, which are labels 0 .. B-1
+    records = validation_records([r for r in val if r.label in keep], spec.shots, spec.seed)
+    if not records:
+        return None
+    images = LabelledImages.from_records(records, [class_names[i] for i in trained_ids])
+    return calibrate(model, images, source=f"{len(records)} validation images (min(K, 4) per class)")
 
 
 def split_metrics(outcome: TrainOutcome, setup: ClassSetup, class_names: Sequence[str], test: Sequence[ImageRecord],

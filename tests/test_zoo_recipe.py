@@ -321,6 +321,9 @@ def test_train_on_biomedcoop_layout_records_the_run(busi, tmp_path, capsys):
     assert cfg["data"]["train_images"] == dassl_draw(rows, 2, 2)
     assert (cfg["training"]["shots"], cfg["training"]["seed"], cfg["training"]["steps_per_epoch"]) == (2, 2, 1)
     assert "accuracy" in cfg["metrics"] and read_folder(tmp_path / "ck").class_position == "middle"
+    # calibrated on the split's val part: min(K, 4) = 2 per class wanted, the split has 1 per class
+    cal = cfg["calibration"]
+    assert cal["n_calibration"] == 3 and "validation images" in cal["source"]
 
 
 def test_predict_class_position_for_the_checkpoint_less_prompt(busi, tiny, capsys):
