@@ -98,11 +98,8 @@ def test_bad_input_is_a_readable_error(client, tmp_path):
 def test_concurrent_calls(client, ct_path):
     from gradio_client import handle_file
 
-    # The two overlays differ (alpha): Gradio 6 rewrites a PIL output's cache file whenever the same
-    # bytes are produced again, so two byte-identical overlays at once can truncate the file while
-    # the first is being downloaded - a race inside Gradio, not what this test is about.
-    jobs = [client.submit(handle_file(ct_path), "btmri", api_name=name, **kw)
-            for name, kw in (("/predict", {}), ("/explain", {"alpha": 0.4}), ("/predict", {}), ("/explain", {"alpha": 0.5}))]
+    jobs = [client.submit(handle_file(ct_path), "btmri", api_name=name)
+            for name in ("/predict", "/explain", "/predict", "/explain")]
     results = [job.result(timeout=180) for job in jobs]
     labels, overlays = results[0::2], results[1::2]
     assert all(set(label["confidences"][0]) >= {"label", "confidence"} for label, _ in labels)
@@ -112,3 +109,25 @@ def test_concurrent_calls(client, ct_path):
 def test_only_the_documented_endpoints_are_public(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert set(endpoints) == {"/predict", "/explain"}
+
+
+def test_identical_overlays_never_share_a_cache_file(tiny, ct_path, tmp_path):
+    """Gradio rewrites a PIL output's cache file (named by its bytes' hash) on every render, so two
+    identical overlays served at once could truncate one mid-download: each render is its own file."""
+    import gradio as gr
+
+    from app.predict.view import overlay_image
+    from dpt_core.explanation import explain_image
+    from dpt_core.imageio import load_image
+    from dpt_core.predictor import Predictor
+    from dpt_core.workflow import setup_classes
+
+    setup = setup_classes("btmri")
+    predictor = Predictor(tiny, setup.class_names, setup.templates, setup.descriptions,
+                          template=setup.template, n_ctx=setup.n_ctx)
+    expl = explain_image(predictor, load_image(ct_path).image, "rollout")
+    component = gr.Image(type="pil", format="png")
+    paths = {component.postprocess(overlay_image(expl, 0.45)).path for _ in range(2)}
+    assert len(paths) == 2
+    first, second = (overlay_image(expl, 0.45) for _ in range(2))
+    assert first.tobytes() == second.tobytes()  # the pixels are the same; only the tag differs

@@ -11,13 +11,13 @@ from PIL import Image
 
 from dpt_core.calibration import DEFAULT_COVERAGE
 from dpt_core.descriptions import class_key
-from dpt_core.explain import overlay
 
 from .. import formatting as fmt
 from .. import trust_view
 from ..choices import DEFAULT_ALPHA
 from ..errors import user_errors
 from .requests import RequestResolver
+from .view import overlay_image
 
 
 class PublicApi(RequestResolver):
@@ -93,5 +93,5 @@ class PublicApi(RequestResolver):
         by_key = {class_key(c): c for c in req.setup.class_names}
         target_class, phrase = (by_key[class_key(target)], None) if class_key(target) in by_key else (None, target)
         expl = self.run_explain(req, (method or "gradcam").strip().lower(), target_class, phrase, bool(faithfulness))
-        return (overlay(expl, DEFAULT_ALPHA if alpha is None else float(alpha)),
+        return (overlay_image(expl, DEFAULT_ALPHA if alpha is None else float(alpha)),
                 {**fmt.explanation_info(expl), **trust_view.faithfulness_info(expl)})

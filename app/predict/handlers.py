@@ -22,7 +22,7 @@ import pandas as pd
 from dpt_core.calibration import DEFAULT_COVERAGE
 from dpt_core.descriptions import same_classes, validate_descriptions
 from dpt_core.errors import InputError
-from dpt_core.explain import Explanation, overlay
+from dpt_core.explain import Explanation
 from dpt_core.predictor import Prediction
 from dpt_core.registry import entry
 
@@ -250,4 +250,4 @@ class PredictController(PublicApi):
     @staticmethod
     def on_alpha(alpha: float, expl: Explanation | None) -> Any:
         """Re-blend the last map at a new opacity (no recomputation)."""
-        return overlay(expl, float(alpha)) if expl is not None else gr.update()
+        return view.overlay_image(expl, alpha) if expl is not None else gr.update()

@@ -7,6 +7,7 @@ Tests read results by name (``out["label"]``) instead of by position in a long t
 from __future__ import annotations
 
 import functools
+import uuid
 from typing import Any, Callable
 
 import gradio as gr
@@ -77,10 +78,22 @@ def prediction_outputs(pred: Prediction, check: ModalityCheck, header: str | Non
     }
 
 
+def overlay_image(expl: Explanation, alpha: float) -> Image.Image:
+    """The overlay as the page and the API show it, tagged so that no two renders share a file.
+
+    Gradio names a PIL output's cache file by the hash of its PNG bytes and rewrites that file
+    every time; two identical overlays at once (two users on the same example) would truncate
+    the file one of them is still downloading. A random PNG text chunk makes each render's
+    bytes, and so its file, its own."""
+    image = overlay(expl, float(alpha))
+    image.info["render"] = uuid.uuid4().hex
+    return image
+
+
 def explanation_outputs(expl: Explanation, alpha: float) -> dict[str, Any]:
     """An attention map: the overlay, its caption (with the faithfulness line) and the map itself."""
     caption = "\n\n".join(t for t in (fmt.explanation_caption(expl), trust_view.faithfulness_line(expl)) if t)
-    image: Image.Image = overlay(expl, float(alpha))
+    image = overlay_image(expl, alpha)
     return {"overlay_img": image, "caption": caption, "expl_state": expl}
 
 
