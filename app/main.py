@@ -85,14 +85,14 @@ def _end_session(request: gr.Request) -> None:
     end_session(getattr(request, "session_hash", None))
 
 
-# Phone widths: table headers break between words, not inside them; class names wrap instead of
+# Table headers break between words, not inside them (at every width). Phone widths: class names wrap instead of
 # being cut (Gradio's table cells are divs in a virtual table, so the first column is
 # ``.first-column``); the tables' text is a size smaller; the scan's label keeps clear of the
 # clear (×) button in the top right corner.
 NARROW_CSS = """
+#sources-table th *, #contrib-table th * { word-break: normal !important; overflow-wrap: normal !important; }
 @media (max-width: 640px) {
   #class-table *, #sources-table *, #contrib-table * { font-size: 13px !important; }
-  #sources-table th *, #contrib-table th * { word-break: normal !important; overflow-wrap: normal !important; }
   #class-table .first-column, #class-table .first-column * {
     white-space: normal !important; text-overflow: clip !important; overflow-wrap: anywhere !important;
     height: auto !important; }

@@ -31,7 +31,9 @@ def checked_coverage(value: Any) -> float:
 def calibration_markdown(prediction: Prediction) -> str:
     """Calibrated probabilities and the prediction set under the label, or why there are none."""
     if prediction.calibrated_probs is None:
-        return f"**Not calibrated**: {escape(prediction.calibration_note or 'no held-out images for this prompt')}. " \
+        note = prediction.calibration_note or "not calibrated (no held-out images for this prompt)"
+        reason = note.removeprefix("not calibrated")  # the note starts with the words in bold
+        return f"**Not calibrated**{escape(reason)}. " \
                "The probabilities above come straight from the model's softmax and tend to be over-confident."
     probs = sorted(prediction.calibrated_probs.items(), key=lambda kv: -kv[1])
     lines = ["**Calibrated probabilities**: " + ", ".join(f"{escape(c)} {percent(p)}" for c, p in probs) + "."]

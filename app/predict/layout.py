@@ -151,7 +151,7 @@ def _prediction_section() -> dict[str, Any]:
                                       height=520, label="Top prompt contributions", elem_id="contrib-chart",
                                       x_title="weight × τ × cosine", y_title="")
         with gr.Column(scale=4):
-            contrib_table = gr.Dataframe(headers=fmt.DETAIL_COLUMNS, column_widths=["6%", "17%", "53%", "12%", "12%"],
+            contrib_table = gr.Dataframe(headers=fmt.DETAIL_COLUMNS, column_widths=["5%", "18%", "45%", "11%", "21%"],
                                          label="Contributions (weight × τ × cosine with the image)",
                                          interactive=False, wrap=True, max_height=400, elem_id="contrib-table")
     return {k: v for k, v in locals().items() if isinstance(v, gr.components.Component)}
