@@ -15,6 +15,7 @@ from pathlib import Path
 from dpt_core.checkpoint import CheckpointError, read_folder, write_checkpoint
 from dpt_core.errors import FewShotError
 from dpt_core.hub import HubError, push_folder, valid_repo_id
+from dpt_core.limits import check_data_description
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +40,12 @@ def zip_checkpoint(folder: str | Path, dest: str | Path | None = None) -> Path:
 
 def set_data_description(folder: str | Path, text: str) -> None:
     """Rewrite config.json and the model card with a new training-data description."""
+    text = check_data_description(text)  # before reading: an oversized text costs nothing
     try:
         ckpt = read_folder(folder)
     except CheckpointError as exc:
         raise FewShotError(f"The checkpoint cannot be read any more ({exc}).") from None
-    ckpt.config["data_description"] = (text or "").strip()
+    ckpt.config["data_description"] = text
     write_checkpoint(ckpt, folder)
 
 

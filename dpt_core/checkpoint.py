@@ -230,7 +230,17 @@ def read_folder(folder: str | Path, source: str = "") -> PromptCheckpoint:
     return _read_files(cfg_path, t_path, source or str(folder))
 
 
+# Prompt checkpoints are kilobytes (a context, a few visual prompts, a teacher cache); these caps
+# leave ample room and keep a typed id from making the server fetch or parse anything large.
+MAX_CONFIG_BYTES = 2**20
+MAX_TENSORS_BYTES = 64 * 2**20
+MAX_DASSL_BYTES = 2**30  # a reference Dassl file may hold a whole model; only its context is read
+
+
 def _read_files(cfg_path: Path, t_path: Path, source: str) -> PromptCheckpoint:
+    for path, cap in ((cfg_path, MAX_CONFIG_BYTES), (t_path, MAX_TENSORS_BYTES)):
+        if path.stat().st_size > cap:
+            raise CheckpointError(f"{source}: {path.name} is larger than {cap // 2**20} MB; not a prompt checkpoint")
     try:
         config = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
@@ -262,9 +272,10 @@ def load_checkpoint(ckpt_id: str, preset: str | None = None, method: str | None 
     if ckpt_id.startswith(HF_PREFIX):
         ref = parse_hub_id(ckpt_id)
         if is_dassl_file(ref.path):
-            return import_dassl(download_file(ref, token=token), preset, method, backbone_spec, source=ckpt_id)
-        cfg_path = download_file(ref, CONFIG_NAME, token=token)
-        t_path = download_file(ref, TENSORS_NAME, token=token)
+            return import_dassl(download_file(ref, token=token, max_bytes=MAX_DASSL_BYTES), preset, method,
+                                backbone_spec, source=ckpt_id)
+        cfg_path = download_file(ref, CONFIG_NAME, token=token, max_bytes=MAX_CONFIG_BYTES)
+        t_path = download_file(ref, TENSORS_NAME, token=token, max_bytes=MAX_TENSORS_BYTES)
         return _read_files(cfg_path, t_path, ckpt_id)
     path = Path(ckpt_id).expanduser()
     if path.is_dir():

@@ -2,7 +2,7 @@
 push | publish | aggregate | write-backbone | rank-banks``.
 
 The flags and the ``--json`` outputs are a stable contract (see README).
-Errors are one line on stderr and exit status 1 (2 for usage errors).
+Errors, usage mistakes included, are one line on stderr and exit status 1.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from .descriptions import same_classes
 from .errors import UserError
@@ -353,7 +353,7 @@ def _coverage_flag(sp) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m dpt_core", description="Biomed-DPT prompt tuning for BiomedCLIP")
+    p = OneLineParser(prog="python -m dpt_core", description="Biomed-DPT prompt tuning for BiomedCLIP")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress of the library")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -494,6 +494,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     sp.set_defaults(func=cmd_rank_banks)
     return p
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage mistakes follow the CLI's error contract too: one line ``error: ...``, exit status 1
+    (argparse's default is its usage block and status 2). Subcommand parsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -188,15 +188,16 @@ def read_split_file(root: str | Path, split_file: str | Path | None, split: str)
     return class_names, records
 
 
-def few_shot(records: Sequence[ImageRecord], shots: int, seed: int) -> list[ImageRecord]:
+def few_shot(records: Sequence[ImageRecord], shots: int, seed: int | random.Random) -> list[ImageRecord]:
     """K records per class, drawn as Dassl draws them (method.md section 5); all when ``shots`` <= 0.
 
     ``random.Random(seed)`` gives the same stream as ``random.seed(seed)`` followed by
     module-level calls. Classes are visited in order of first appearance (not sorted).
+    ``seed`` may also be a ``random.Random`` to go on drawing from (see ``validation_records``).
     """
     if shots <= 0:
         return list(records)
-    rng = random.Random(seed)
+    rng = seed if isinstance(seed, random.Random) else random.Random(seed)
     by_label: dict[int, list[ImageRecord]] = {}  # insertion order = first appearance
     for r in records:
         by_label.setdefault(r.label, []).append(r)
@@ -209,9 +210,14 @@ def few_shot(records: Sequence[ImageRecord], shots: int, seed: int) -> list[Imag
 VALIDATION_SHOTS_CAP = 4  # the reference's validation split: min(K, 4) images per class
 
 
-def validation_records(val_records: Sequence[ImageRecord], shots: int, seed: int) -> list[ImageRecord]:
-    """A sweep's calibration images: min(K, 4) per class of the validation split, drawn per seed."""
-    return few_shot(val_records, min(shots, VALIDATION_SHOTS_CAP) if shots > 0 else VALIDATION_SHOTS_CAP, seed)
+def validation_records(train_records: Sequence[ImageRecord], val_records: Sequence[ImageRecord], shots: int,
+                       seed: int) -> list[ImageRecord]:
+    """A run's calibration images: min(K, 4) per class of the validation split (all when K <= 0), drawn as
+    the reference draws them - from the same stream as the train draw, right after it, over every class
+    (base-to-novel callers drop the novel classes afterwards, as for the train draw)."""
+    rng = random.Random(seed)
+    few_shot(train_records, shots, rng)  # the train draw, replayed: it advances the stream as the reference's did
+    return few_shot(val_records, min(shots, VALIDATION_SHOTS_CAP), rng)
 
 
 def load_pil(records: Sequence[ImageRecord]) -> list[Image.Image]:

@@ -113,11 +113,14 @@ def _connection_problem(exc: Exception) -> bool:
     return any(k in name for k in ("Connect", "Timeout", "LocalEntryNotFound"))  # offline mode is instant already
 
 
-def download_file(ref: HubRef, filename: str | None = None, token: str | bool | None = None) -> Path:
+def download_file(ref: HubRef, filename: str | None = None, token: str | bool | None = None,
+                  max_bytes: int | None = None) -> Path:
     """One file of a Hub repo (``filename`` inside ``ref.path``, or ``ref.path`` itself) in the local cache.
 
     ``token``: a token string; None for the token stored on this machine (``HF_TOKEN`` or a
     login); False to send no token at all (a request made for someone else, see ``hub_token_for``).
+    ``max_bytes``: refuse, before downloading, a file the Hub says is larger (a typed id must not
+    make the server fetch and keep gigabytes).
     """
     from huggingface_hub import hf_hub_download
 
@@ -125,6 +128,11 @@ def download_file(ref: HubRef, filename: str | None = None, token: str | bool | 
     full = "/".join(p for p in (ref.path, filename or "") if p)
     sub, _, name = full.rpartition("/")
     local_only = hub_recently_unreachable()
+    if max_bytes is not None and not local_only:
+        size = _remote_size(ref, sub, name, token)
+        if size is not None and size > max_bytes:
+            raise HubError(f"{ref.repo_id}/{full} is {size / 2**20:.0f} MB; a checkpoint file here may be "
+                           f"at most {max_bytes / 2**20:.0f} MB")
     try:
         return Path(hf_hub_download(ref.repo_id, name, subfolder=sub or None, revision=ref.revision, token=token,
                                     etag_timeout=ETAG_TIMEOUT_S, local_files_only=local_only))
@@ -132,6 +140,20 @@ def download_file(ref: HubRef, filename: str | None = None, token: str | bool | 
         if not local_only and _connection_problem(exc):
             _unreachable_until = time.monotonic() + UNREACHABLE_MEMO_S
         raise _explain(exc, f"{ref.repo_id}/{full}") from exc
+
+
+def _remote_size(ref: HubRef, sub: str, name: str, token: str | bool | None) -> int | None:
+    """The file's size as the Hub states it, or None when it cannot say (offline, unreachable: the
+    download that follows then fails or reads the cache, and its own message applies)."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+
+    if constants.HF_HUB_OFFLINE:
+        return None
+    try:
+        url = hf_hub_url(ref.repo_id, name, subfolder=sub or None, revision=ref.revision)
+        return get_hf_file_metadata(url, token=token, timeout=ETAG_TIMEOUT_S).size
+    except Exception:  # noqa: BLE001 - any failure here is reported by the download itself
+        return None
 
 
 def valid_repo_id(repo_id: str | None) -> bool:

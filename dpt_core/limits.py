@@ -25,6 +25,7 @@ MAX_DESCRIPTION_CHARS = 60_000  # all description text of a request (every shipp
 MAX_BATCH_PIXELS = 256_000_000  # decoded pixels of one upload batch (e.g. 256 images of 1000x1000)
 MAX_JSON_CHARS = 400_000  # a JSON text field of the API (classes, descriptions)
 MAX_GENERATED_SENTENCES = 30  # sentences one "Generate descriptions" request may ask for
+MAX_DATA_DESCRIPTION_CHARS = 2_000  # the training-data description written into config.json and the model card
 
 
 class BudgetError(InputError):
@@ -36,6 +37,14 @@ class TextCost:
     sentences: int  # distinct prompts of the request
     new_sentences: int  # of which not yet cached
     description_chars: int
+
+
+def check_data_description(text: str | None) -> str:
+    """The training-data description, stripped; BudgetError when over ``MAX_DATA_DESCRIPTION_CHARS``."""
+    text = (text or "").strip()
+    if len(text) > MAX_DATA_DESCRIPTION_CHARS:
+        raise BudgetError(f"the training-data description is limited to {MAX_DATA_DESCRIPTION_CHARS:,} characters")
+    return text
 
 
 def check_class_name_lengths(names: Iterable[str]) -> None:

@@ -19,7 +19,7 @@ from typing import Callable, Hashable
 
 from .evaluate import harmonic_mean
 
-RECIPE_KEYS = ("protocol", "mode", "teacher", "class_position", "backbone")
+RECIPE_KEYS = ("protocol", "mode", "epochs", "batch_size", "lr", "teacher", "class_position", "backbone")
 PAPER_FEW_SHOT = {1: 59.03, 2: 61.27, 4: 66.12, 8: 70.76, 16: 73.51}  # arXiv v1 README, 11-dataset mean
 PAPER_BASE2NOVEL = {"base": 78.06, "novel": 75.97}  # arXiv v1; journal: 79.54 / 76.91
 
@@ -28,6 +28,7 @@ def recipe_of(cfg: dict) -> dict:
     """The settings that must agree for two runs to be averaged together."""
     tr = cfg.get("training") or {}
     return {"protocol": tr.get("protocol", "few_shot"), "mode": tr.get("mode", "unknown"),
+            "epochs": tr.get("epochs"), "batch_size": tr.get("batch_size"), "lr": tr.get("lr"),
             "teacher": (cfg.get("teacher") or {}).get("mode", "mean"),
             "class_position": cfg.get("class_token_position") or tr.get("class_position") or "end",
             "backbone": cfg.get("backbone", "unknown")}

@@ -87,7 +87,7 @@ class RunSpec:
 
     @property
     def n_epochs(self) -> int:
-        return self.epochs or PAPER_EPOCHS[self.protocol]
+        return self.epochs if self.epochs is not None else PAPER_EPOCHS[self.protocol]  # 0 is refused later
 
 
 @dataclass
@@ -208,14 +208,15 @@ def run_training(
 
 def _validation_calibration(spec: RunSpec, model, class_names: Sequence[str],
                             trained_ids: Sequence[int]) -> Calibration | None:
-    """Calibration on the split's ``val`` part, min(K, 4) images per trained class drawn per seed, as the
-    reference draws its validation set; None when the split file has no ``val`` part."""
+    """Calibration on the split's ``val`` part: min(K, 4) images per trained class, drawn as the reference
+    draws its validation set (``data.validation_records``); None when the split file has no ``val`` part."""
     try:
         _, val, _ = _split_records(spec, class_names, "val")
     except DataError:
         return None
+    _, train, _ = _split_records(spec, class_names, "train")  # read again (no image decoded) to replay the draw
     keep = set(trained_ids)  # base-to-novel: the base classes, which are labels 0 .. B-1
-    records = validation_records([r for r in val if r.label in keep], spec.shots, spec.seed)
+    records = [r for r in validation_records(train, val, spec.shots, spec.seed) if r.label in keep]
     if not records:
         return None
     images = LabelledImages.from_records(records, [class_names[i] for i in trained_ids])

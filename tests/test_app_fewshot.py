@@ -551,6 +551,10 @@ def test_description_edited_after_training_reaches_card_and_zip(trained, tmp_pat
     with zipfile.ZipFile(archive) as zf:
         assert "Edited: 16 synthetic images" in zf.read(f"{r.folder.name}/README.md").decode()
     assert tab.on_description(None, "x") == gr.update()
+    before = (r.folder / "config.json").read_text()
+    with pytest.raises(gr.Error, match="limited to 2,000 characters"):  # a 2 MB text is refused, nothing rewritten
+        tab.on_description(last, "x" * 2_000_001)
+    assert (r.folder / "config.json").read_text() == before
 
 
 @pytest.mark.slow

@@ -554,6 +554,14 @@ def test_api_functions_in_process(ctl, ct_path):
     assert "descriptions" in error_of(ctl.api_predict, ct_path, "btmri", None, None, "{not json")
 
 
+def test_explain_refuses_a_bad_alpha_before_any_model_work(ctl, ct_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(type(ctl), "run_explain", lambda self, *a, **k: ran.append(a))
+    for alpha in (1e9, -0.1, float("nan")):
+        assert "alpha must be between 0 and 1" in error_of(ctl.api_explain, ct_path, "btmri", None, "gradcam", alpha)
+    assert ran == []
+
+
 # ---------------------------------------------------------------------------- launching
 
 def test_main_launches_with_privacy_defaults(monkeypatch):

@@ -171,3 +171,10 @@ def test_aggregate_means_over_seeds_then_datasets(capsys, tmp_path):
     assert b2n["hm"] == pytest.approx(2 * 90 * 60 / 150)
     code, out, _ = run(capsys, "aggregate", tmp_path)
     assert "| **mean** |" in out and "paper (v1)" in out
+
+
+def test_usage_mistakes_are_one_error_line_with_status_1(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["train", "--preset", "btmri", "--data", "x", "--shots", "1", "--out", "y", "--class-position", "top"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 1 and err.count("\n") == 1 and err.startswith("error: ") and "--class-position" in err

@@ -121,8 +121,29 @@ def test_validation_records_draw_at_most_four_per_class():
 
     recs = [ImageRecord(f"{c}_{i}.png", c, str(c)) for c in range(3) for i in range(10)]
     for shots, per_class in ((1, 1), (2, 2), (16, 4)):
-        got = validation_records(recs, shots, seed=1)
+        got = validation_records(recs, recs, shots, seed=1)
         assert [sum(r.label == c for r in got) for c in range(3)] == [per_class] * 3
+
+
+def test_validation_draw_continues_the_train_draws_stream():
+    """The reference seeds once, draws the train set, then the validation set from the same stream."""
+    import random
+
+    from dpt_core.data import ImageRecord, validation_records
+
+    train = [ImageRecord(f"t{c}_{i}.png", c, str(c)) for i in range(10) for c in (2, 0, 1)]
+    val = [ImageRecord(f"v{c}_{i}.png", c, str(c)) for i in range(6) for c in (1, 2, 0)]
+
+    def reference(items, k):  # group by label in order of first appearance, then sample per group
+        groups: dict[int, list] = {}
+        for r in items:
+            groups.setdefault(r.label, []).append(r)
+        return [x for g in groups.values() for x in (random.sample(g, k) if len(g) >= k else g)]
+
+    for seed, shots in ((1, 2), (2, 8), (3, 1)):
+        random.seed(seed)
+        reference(train, shots)
+        assert validation_records(train, val, shots, seed) == reference(val, min(shots, 4))
 
 
 def test_calibrate_checkpoint_stores_the_block(tiny, tmp_path):

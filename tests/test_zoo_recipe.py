@@ -231,13 +231,14 @@ def test_import_descriptions_errors_are_one_line(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------------ aggregate
 
-def _run_config(root, rel, preset, shots, seed, acc, mode="exact", position="end"):
+def _run_config(root, rel, preset, shots, seed, acc, mode="exact", position="end", epochs=100):
     d = root / rel
     d.mkdir(parents=True)
     (d / "config.json").write_text(json.dumps({
         "method": "biomed-dpt", "preset": preset, "backbone": "tiny", "teacher": {"mode": "mean"},
         "class_token_position": position, "metrics": {"accuracy": acc},
-        "training": {"protocol": "few_shot", "shots": shots, "seed": seed, "mode": mode}}))
+        "training": {"protocol": "few_shot", "shots": shots, "seed": seed, "mode": mode, "epochs": epochs,
+                     "batch_size": 4, "lr": 0.0025}}))
 
 
 def test_aggregate_never_averages_different_recipes(tmp_path):
@@ -246,9 +247,11 @@ def test_aggregate_never_averages_different_recipes(tmp_path):
     _run_config(tmp_path, "b/btmri/1", "btmri", 1, 1, 0.9, mode="fast")
     _run_config(tmp_path, "c/btmri/1", "btmri", 1, 1, 0.1, position="middle")
     _run_config(tmp_path, ".hidden/btmri/1", "btmri", 1, 1, 0.0)  # an unfinished sweep run
+    _run_config(tmp_path, "d/btmri/1", "btmri", 1, 2, 0.3, epochs=3)  # a short run: not the paper's recipe
     groups = aggregate(tmp_path)["groups"]
-    by = {(g["recipe"]["mode"], g["recipe"]["class_position"]): g["few_shot"] for g in groups}
-    assert set(by) == {("exact", "end"), ("fast", "end"), ("exact", "middle")}
+    by = {(g["recipe"]["mode"], g["recipe"]["class_position"], g["recipe"]["epochs"]): g["few_shot"] for g in groups}
+    assert set(by) == {("exact", "end", 100), ("fast", "end", 100), ("exact", "middle", 100), ("exact", "end", 3)}
+    by = {k[:2]: v for k, v in by.items() if k[2] == 100}
     exact = by[("exact", "end")]
     assert exact["shots"][1]["mean"] == pytest.approx(50.0) and exact["shots"][2]["mean"] == pytest.approx(70.0)
     assert exact["average_over_k"]["mean"] == pytest.approx(60.0)
@@ -372,3 +375,11 @@ def test_cli_train_holdout_uses_the_few_shot_run_on_the_biomedcoop_layout(busi, 
                  "--epochs", "1", "--seed", "1", "--holdout", "0.5", "--json", "--out", str(tmp_path / "ck")])
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["holdout"] is not None and (tmp_path / "ck" / "config.json").is_file()
+
+
+def test_zero_epochs_is_an_error_not_the_paper_recipe(busi, tmp_path, capsys):
+    code = main(["train", "--backbone", "tiny", "--preset", "busi", "--data", str(busi), "--shots", "1",
+                 "--epochs", "0", "--out", str(tmp_path / "ck")])
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert code == 1 and last.startswith("error: ") and "epochs" in last and not (tmp_path / "ck").exists()

@@ -28,6 +28,7 @@ from dpt_core.backbone import default_device
 from dpt_core.data import LabelledImages
 from dpt_core.errors import FewShotError, TrainingStopped
 from dpt_core.fewshot import FewShotResult, TrainSettings, default_batch
+from dpt_core.limits import BudgetError, check_data_description
 from dpt_core.presets import load_preset
 from dpt_core.workflow import ClassSetup
 
@@ -153,6 +154,7 @@ def prepare(state: dict | None, services: Services, preset: str, classes_text: s
     state = state or new_session_state()
     try:
         check_consent(consent)
+        description = check_data_description(description)
         names = parse_class_names(classes_text)
         setup = services.setup(preset, names, None)
         settings = TrainSettings(epochs, views, lr, default_batch(_uses_gpu(services)), l1, kl, teacher, layout,
@@ -271,7 +273,7 @@ def on_description(last: dict | None, description: str) -> Any:
         return gr.update()
     try:
         set_data_description(last["folder"], description)
-    except FewShotError as err:
+    except (FewShotError, BudgetError) as err:
         raise _error(str(err)) from None
     return gr.update(value=str(zip_checkpoint(last["folder"], last["zip"])))
 

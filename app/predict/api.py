@@ -11,6 +11,7 @@ from PIL import Image
 
 from dpt_core.calibration import DEFAULT_COVERAGE
 from dpt_core.descriptions import class_key
+from dpt_core.errors import InputError
 
 from .. import formatting as fmt
 from .. import trust_view
@@ -88,10 +89,13 @@ class PublicApi(RequestResolver):
         Returns:
             The overlay image and a description of the map.
         """
+        alpha = DEFAULT_ALPHA if alpha is None else float(alpha)
+        if not 0.0 <= alpha <= 1.0:  # also refuses NaN, before any model work
+            raise InputError(f"alpha must be between 0 and 1, not {alpha}")
         req = self.api_request(image, preset, checkpoint, classes, descriptions, frame)
         target = " ".join((target or "").split())
         by_key = {class_key(c): c for c in req.setup.class_names}
         target_class, phrase = (by_key[class_key(target)], None) if class_key(target) in by_key else (None, target)
         expl = self.run_explain(req, (method or "gradcam").strip().lower(), target_class, phrase, bool(faithfulness))
-        return (overlay_image(expl, DEFAULT_ALPHA if alpha is None else float(alpha)),
+        return (overlay_image(expl, alpha),
                 {**fmt.explanation_info(expl), **trust_view.faithfulness_info(expl)})
