@@ -129,6 +129,36 @@ def sweep_leftovers(retention_s: float, temp_dir: str | os.PathLike | None = Non
     return removed
 
 
+IMPORTS_GLOB = "dpt-sessions-*/*/zip-imports/*"  # images extracted from zips, per session, per import
+
+
+def sweep_stale(root: Path, pattern: str, max_age_s: float) -> int:
+    """Remove the items under ``root`` matching ``pattern`` that are older than ``max_age_s``."""
+    now = time.time()
+    return sum(_remove(p) for p in list(root.glob(pattern)) if _older_than(p, max_age_s, now))
+
+
+def start_import_sweeper(interval_s: float, retention_s: float) -> threading.Thread:
+    """Every ``interval_s``, remove zip imports older than ``retention_s`` from this process's sessions.
+
+    A session's folder goes when its page closes, but a client of the queue protocol never
+    closes a page (no heartbeat, no unload): its uploaded images must still go on time. The
+    cards already hold Gradio's own copies, which Gradio's cache sweep removes the same way."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(interval_s):
+            try:
+                if removed := sweep_stale(owned_temp_root(), IMPORTS_GLOB, retention_s):
+                    log.info("removed %d zip import(s) past the retention time", removed)
+            except Exception:  # noqa: BLE001 - a sweep must never take the server down
+                log.exception("zip-import sweep failed")
+
+    thread = threading.Thread(target=loop, name="import-sweeper", daemon=True)
+    thread.start()
+    return thread
+
+
 def use_owned_upload_folder() -> Path:
     """Point Gradio's uploads into this process's folder, unless the operator chose a folder."""
     if os.environ.get("GRADIO_TEMP_DIR"):

@@ -140,6 +140,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("GRADIO_FLAGGING_MODE", "never")  # Blocks do not flag; belt and braces
     cleanup.prepare(retention_s=CACHE_LIFETIME[1])  # sweep what killed runs left, own the uploads, handle SIGTERM
+    cleanup.start_import_sweeper(*CACHE_LIFETIME)  # extracted zip images go on Gradio's schedule too
     if args.allow_local_checkpoints:
         from .choices import ALLOW_LOCAL_ENV
 

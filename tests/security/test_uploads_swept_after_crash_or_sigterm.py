@@ -150,3 +150,24 @@ def test_a_forked_worker_never_removes_the_servers_folder():
         os._exit(0)
     os.waitpid(pid, 0)
     assert root.is_dir()
+
+
+def test_zip_imports_of_sessions_that_never_end_are_swept_by_age(tmp_path):
+    """A queue-protocol client never closes its page, so its session never ends: the images extracted
+    from its zip still go once they are older than the retention time."""
+    import os
+    import time
+
+    from app.cleanup import IMPORTS_GLOB, sweep_stale
+
+    old = tmp_path / "dpt-sessions-x" / "session1" / "zip-imports" / "1"
+    new = tmp_path / "dpt-sessions-x" / "session2" / "zip-imports" / "2"
+    checkpoint = tmp_path / "dpt-sessions-x" / "session1" / "fewshot" / "ck"
+    for folder in (old, new, checkpoint):
+        folder.mkdir(parents=True)
+        (folder / "a.png").write_bytes(b"x")
+    past = time.time() - 3600
+    for path in (old, checkpoint):
+        os.utime(path, (past, past))
+    assert sweep_stale(tmp_path, IMPORTS_GLOB, 1800) == 1
+    assert not old.exists() and new.exists() and checkpoint.exists()  # only imports past the retention time
