@@ -131,14 +131,32 @@ def plan(spec: SweepSpec) -> tuple[list[Job], list[str]]:
             for seed in spec.seeds:
                 name = f"{spec.protocol}/{preset}/shots_{k}/seed_{seed}"
                 out = Path(spec.out) / name
-                if run_is_finished(out):
-                    skipped.append(name)
-                    continue
                 run = RunSpec(data=str(folder), out=str(out), shots=k, seed=seed, preset=preset,
                               protocol=spec.protocol, epochs=spec.epochs, exact=spec.exact, teacher=spec.teacher,
                               class_position=spec.class_position, descriptions=spec.descriptions)
+                if run_is_finished(out):
+                    _check_same_recipe(out, run, spec.backbone)
+                    skipped.append(name)
+                    continue
                 jobs.append(Job(name, run, spec.backbone, device, spec.cpus_per_run))
     return jobs, skipped
+
+
+def _check_same_recipe(folder: Path, run: RunSpec, backbone: str | None) -> None:
+    """A finished run is skipped only when it is the run asked for: another recipe in the same folder
+    would be resumed over silently and then averaged with the new runs."""
+    from .backbone import DEFAULT_BACKBONE
+
+    raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    tr = raw.get("training") or {}
+    recorded = {"epochs": tr.get("epochs"), "mode": tr.get("mode"), "class position": tr.get("class_position"),
+                "teacher": (raw.get("teacher") or {}).get("mode"), "backbone": raw.get("backbone")}
+    wanted = {"epochs": run.n_epochs, "mode": "exact" if run.exact else "fast", "class position": run.class_position,
+              "teacher": run.teacher, "backbone": backbone or DEFAULT_BACKBONE}
+    differ = [f"{k} {recorded[k]} (asked: {wanted[k]})" for k in wanted if recorded[k] != wanted[k]]
+    if differ:
+        raise SweepError(f"{folder} holds a finished run made with other settings: {', '.join(differ)}; "
+                         "choose another --out or remove that folder")
 
 
 def run_is_finished(folder: str | Path) -> bool:

@@ -383,3 +383,17 @@ def test_zero_epochs_is_an_error_not_the_paper_recipe(busi, tmp_path, capsys):
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]
     assert code == 1 and last.startswith("error: ") and "epochs" in last and not (tmp_path / "ck").exists()
+
+
+def test_resume_refuses_a_finished_run_of_another_recipe(busi, tmp_path, capsys):
+    from dpt_core.sweep import SweepError, SweepSpec, plan
+
+    out = tmp_path / "runs" / "few_shot" / "busi" / "shots_1" / "seed_1"
+    assert main(["train", "--backbone", "tiny", "--preset", "busi", "--data", str(busi), "--shots", "1",
+                 "--epochs", "2", "--seed", "1", "--out", str(out)]) == 0  # fast mode, 2 epochs
+    capsys.readouterr()
+    same = SweepSpec(root=str(busi.parent), out=str(tmp_path / "runs"), datasets=("busi",), shots=(1,), seeds=(1,),
+                     epochs=2, backbone="tiny", exact=False)
+    assert plan(same) == ([], ["few_shot/busi/shots_1/seed_1"])  # the same recipe: skipped
+    with pytest.raises(SweepError, match=r"epochs 2 \(asked: 100\), mode fast \(asked: exact\)"):
+        plan(SweepSpec(root=same.root, out=same.out, datasets=("busi",), shots=(1,), seeds=(1,), backbone="tiny"))
