@@ -40,7 +40,8 @@ def checkpoint_choices(preset: str | None, state: dict | None) -> list[tuple[str
     out = [("Zero-shot (clinical template)", ZERO_SHOT)]
     if preset and preset != CUSTOM:
         out += registry_choices(preset)
-    out += [(f"{label} (trained in this session)", path) for label, path in trained_checkpoints(state).items()]
+    # The value is the label, which only this session's state maps to a folder: no server path reaches the page.
+    out += [(f"{label} (trained in this session)", label) for label in trained_checkpoints(state)]
     return out
 
 

@@ -304,8 +304,9 @@ def test_train_use_predict_round_trip(services, state, tmp_path):
 
     state, preset_update, ckpt_update, tabs = tab.use_in_predict(state, last, _handles())
     assert tabs.selected == "predict" and preset_update["value"] == "btmri"
-    assert ckpt_update["value"] == str(folder) and str(folder) in [v for _, v in ckpt_update["choices"]]
-    assert str(folder) in trained_checkpoints(state).values()
+    values = [v for _, v in ckpt_update["choices"]]
+    assert ckpt_update["value"] in values and str(folder) not in values  # a label, never a server path
+    assert trained_checkpoints(state)[ckpt_update["value"]] == str(folder)
 
     ckpt = services.load_checkpoint(str(folder), "btmri")  # what the Predict tab does with the value
     predictor = services.predictor(setup_from_checkpoint(ckpt), str(folder))
@@ -482,9 +483,10 @@ def test_two_sessions_train_and_predict_apart(services, tmp_path):
         b, _, choices_b, _ = tab.use_in_predict(b, last_b, _handles())
         assert a["dir"] != b["dir"] and not set(a["trained"].values()) & set(b["trained"].values())
         assert Path(last_a["folder"]).is_relative_to(a["dir"]) and Path(last_b["folder"]).is_relative_to(b["dir"])
-        values_a = [v for _, v in choices_a["choices"]]
-        assert last_a["folder"] in values_a and last_b["folder"] not in values_a
-        assert last_a["folder"] not in [v for _, v in choices_b["choices"]]
+        assert trained_checkpoints(a)[choices_a["value"]] == last_a["folder"]  # values are labels mapped per session
+        assert trained_checkpoints(b)[choices_b["value"]] == last_b["folder"]
+        assert last_a["folder"] not in trained_checkpoints(b).values()
+        assert last_a["folder"] not in [v for _, v in choices_a["choices"]]  # no server path on the page
         # While B trains again, A keeps predicting with its own checkpoint.
         ckpt = services.load_checkpoint(last_a["folder"], "btmri")
         pred = services.predictor(setup_from_checkpoint(ckpt), last_a["folder"])

@@ -499,23 +499,23 @@ def test_session_state_lifecycle_and_trained_checkpoints(ctl, services, ct_path,
     add_trained(state, "my run", folder)
     choices = checkpoint_choices("btmri", state)
     assert choices[0] == ("Zero-shot (clinical template)", ZERO_SHOT)
-    assert ("my run (trained in this session)", str(folder)) in choices
+    assert ("my run (trained in this session)", "my run") in choices  # the label: no server path on the page
     assert ctl.checkpoint_id("my run", state) == str(folder) == ctl.checkpoint_id(str(folder), state)
     # the checkpoint's classes come into the table when it is chosen
-    chosen = ctl.on_checkpoint(str(folder), "btmri", btmri_table, state)
+    chosen = ctl.on_checkpoint("my run", "btmri", btmri_table, state)
     table = chosen["table"]
     assert list(table[fmt.CLASS_COL]) == ["cat scan", "dog scan"] and chosen.get("checkpoint", gr.update()) == gr.update()
-    label = predict(ctl, ct_path, table, "custom", str(folder), state=state)["label"]
+    label = predict(ctl, ct_path, table, "custom", "my run", state=state)["label"]
     assert set(label) == {"cat scan", "dog scan"}
     # a preset change keeps a trained checkpoint selected, resets anything else
-    kept_out = ctl.on_preset("busi", state, table, str(folder))
+    kept_out = ctl.on_preset("busi", state, table, "my run")
     kept_table, kept = kept_out["table"], kept_out["checkpoint"]
-    assert kept["value"] == str(folder) and list(kept_table[fmt.CLASS_COL]) == ["cat scan", "dog scan"]
+    assert kept["value"] == "my run" and list(kept_table[fmt.CLASS_COL]) == ["cat scan", "dog scan"]
     assert ctl.on_preset("busi", state, table, ZERO_SHOT)["checkpoint"]["value"] == ZERO_SHOT
     cleanup_session_state(state)
     assert not Path(state["dir"]).exists() and state["trained"] == {}
     cleanup_session_state(state)  # idempotent
-    assert "hf-hub:" in error_of(predict, ctl, ct_path, table, "custom", str(folder), 0, state)
+    assert "hf-hub:" in error_of(predict, ctl, ct_path, table, "custom", "my run", 0, state)
 
 
 # ---------------------------------------------------------------------------- privacy

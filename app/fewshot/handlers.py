@@ -262,8 +262,9 @@ def use_in_predict(state: dict | None, last: dict | None, predict: Any) -> tuple
     if not last:
         raise _error("Train a checkpoint first.")
     state = add_trained(state or new_session_state(), last["label"], last["folder"])
+    label = next(k for k, v in state["trained"].items() if v == str(last["folder"]))  # as add_trained named it
     preset = last.get("preset") or CUSTOM
-    checkpoint = predict.checkpoint_update(preset, state, last["folder"])
+    checkpoint = predict.checkpoint_update(preset, state, label)
     return state, gr.update(value=preset), checkpoint, gr.Tabs(selected="predict")
 
 

@@ -97,9 +97,10 @@ class PredictController(PublicApi):
         preset and the checkpoint together); anything else goes back to zero-shot.
         """
         new_table = self.preset_table(preset, table)
-        keep = checkpoint if checkpoint in trained_checkpoints(state).values() else None
+        trained = trained_checkpoints(state)
+        keep = checkpoint if checkpoint in trained else None  # the dropdown's value is the checkpoint's label
         if keep:  # its classes, whichever of this event and the checkpoint's own runs first
-            update = self.table_for_checkpoint(keep, preset, new_table)
+            update = self.table_for_checkpoint(trained[keep], preset, new_table)
             new_table = update if isinstance(update, pd.DataFrame) else new_table
         return {"table": new_table, "checkpoint": checkpoint_update(preset, state, keep),
                 "preset_info": preset_markdown(preset), **view.class_editor(new_table, None)}
