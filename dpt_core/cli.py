@@ -164,8 +164,8 @@ def cmd_train(args) -> int:
     print(f"training {args.shots}-shot {protocol} ({'exact' if args.exact else 'fast'} mode)", file=sys.stderr)
 
     def on_step(info):
-        if info.step == info.steps_per_epoch - 1:
-            print(f"epoch {info.epoch + 1}/{info.epochs}  loss {info.loss['total']:.4f}  lr {info.lr:.2e}  "
+        if info.step == info.steps_per_epoch - 1:  # the epoch's mean loss, as its history records it
+            print(f"epoch {info.epoch + 1}/{info.epochs}  loss {info.history[-1]['total']:.4f}  lr {info.lr:.2e}  "
                   f"{info.elapsed_s:.1f}s", file=sys.stderr)
 
     result = run_training(spec, backbone, on_step=on_step, warn=lambda m: print(f"warning: {m}", file=sys.stderr))

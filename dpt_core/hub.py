@@ -62,7 +62,7 @@ def parse_hub_id(ckpt_id: str) -> HubRef:
             raise HubError("empty revision after '@' in the Hub checkpoint id")
         if not valid_revision(revision):
             raise HubError("invalid revision in the Hub checkpoint id: use a branch or tag name "
-                           "(letters, digits, '_', '-', '.', '/' between parts) or a 40-character commit hash")
+                           "(letters, digits, underscores, hyphens, dots; slashes only between parts) or a 40-character commit hash")
     if "\\" in body or body.startswith("/"):
         raise HubError("invalid Hub checkpoint id: expected hf-hub:ORG/REPO[/SUBFOLDER][@REVISION]")
     parts = [p for p in body.split("/") if p]

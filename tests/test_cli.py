@@ -178,3 +178,12 @@ def test_usage_mistakes_are_one_error_line_with_status_1(capsys):
         main(["train", "--preset", "btmri", "--data", "x", "--shots", "1", "--out", "y", "--class-position", "top"])
     err = capsys.readouterr().err
     assert exited.value.code == 1 and err.count("\n") == 1 and err.startswith("error: ") and "--class-position" in err
+
+
+def test_train_progress_prints_each_epochs_mean_loss(capsys, folder, tiny_dir, tmp_path):
+    code, _, err = run(capsys, "train", "--backbone", tiny_dir, "--preset", "btmri", "--data", folder, "--shots", "3",
+                       "--epochs", "2", "--views", "1", "--seed", "1", "--out", tmp_path / "ck")
+    assert code == 0
+    history = json.loads((tmp_path / "ck" / "config.json").read_text())["training"]["history"]
+    printed = [float(line.split("loss ")[1].split()[0]) for line in err.splitlines() if line.startswith("epoch ")]
+    assert printed == [round(h["total"], 4) for h in history]  # the mean the history records, not the last step's
