@@ -173,3 +173,21 @@ def demo_page(chromium, live_demo):  # chromium first: skip before launching whe
     yield open_page
     for pg in pages:
         pg.close()
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """``python -m dpt_core ARGS`` in process: (exit status, stdout, stderr)."""
+    from dpt_core.cli import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def open_example_scan(page, name: str = "ct_small.png") -> None:
+    """Upload a shipped example in the Predict tab of a Chromium page and wait until it is decoded."""
+    from playwright.sync_api import expect
+
+    page.locator("#scan-file input[type=file]").set_input_files(str(Path(__file__).resolve().parent.parent
+                                                                    / "assets" / "examples" / name))
+    expect(page.locator("#image-info")).to_contain_text("PNG")

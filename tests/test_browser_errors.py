@@ -4,11 +4,9 @@ Also: results that no longer match the inputs are cleared when the preset change
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from conftest import open_example_scan
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "examples"
 TIMEOUT_MS = 60_000
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -43,8 +41,7 @@ def test_bad_upload_is_a_note_beside_the_upload(page, tmp_path):
     expect(note).to_contain_text("⚠️")  # the first note stays until the upload is retried
     # The next good upload clears it.
     page.locator("#scan-file button[aria-label='Clear']").first.click()
-    page.locator("#scan-file input[type=file]").set_input_files(str(EXAMPLES / "ct_small.png"))
-    expect(page.locator("#image-info")).to_contain_text("PNG")
+    open_example_scan(page)
     expect(note).to_be_empty()
 
 
@@ -69,8 +66,7 @@ def test_failed_generation_keeps_the_table_editable(page):
 def test_preset_change_clears_old_results(page):
     from playwright.sync_api import expect
 
-    page.locator("#scan-file input[type=file]").set_input_files(str(EXAMPLES / "ct_small.png"))
-    expect(page.locator("#image-info")).to_contain_text("PNG")
+    open_example_scan(page)
     page.click("#predict-btn")
     label = page.locator("#prediction-label")
     expect(label).to_contain_text("%")
@@ -84,8 +80,7 @@ def test_preset_change_clears_old_results(page):
 def test_class_table_edit_clears_old_results(page):
     from playwright.sync_api import expect
 
-    page.locator("#scan-file input[type=file]").set_input_files(str(EXAMPLES / "ct_small.png"))
-    expect(page.locator("#image-info")).to_contain_text("PNG")
+    open_example_scan(page)
     page.click("#predict-btn")
     label = page.locator("#prediction-label")
     expect(label).to_contain_text("%")

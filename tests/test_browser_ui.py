@@ -2,12 +2,10 @@
 a class table without column edits, and a readable layout at phone width."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from conftest import open_example_scan
 from test_app_predict import write_dicom
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "examples"
 TIMEOUT_MS = 60_000
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -37,8 +35,7 @@ def test_frame_numbers_from_one_and_typing_or_arrows_move_the_preview(page, tmp_
 def test_rollout_greys_out_the_target_and_redraws(page):
     from playwright.sync_api import expect
 
-    page.locator("#scan-file input[type=file]").set_input_files(str(EXAMPLES / "ct_small.png"))
-    expect(page.locator("#image-info")).to_contain_text("PNG")
+    open_example_scan(page)
     page.click("#explain-btn")
     caption = page.locator("#overlay-caption")
     expect(caption).to_contain_text("Grad-CAM")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli as run
 from PIL import Image
 
 from dpt_core.cli import main
@@ -27,12 +28,6 @@ def folder(tmp_path_factory):
             a[..., c % 3] += 100
             Image.fromarray(a).save(root / name / f"{i}.png")
     return root
-
-
-def run(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 from conftest import class_image
+from conftest import run_cli as run
 
 from dpt_core.cli import main
 
@@ -18,12 +19,6 @@ def folder(tmp_path_factory):
         for i in range(4):
             class_image(c, 10 * c + i).save(root / name / f"{i}.png")
     return root
-
-
-def run(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli as run
 from PIL import Image
-
-from dpt_core.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 CLASSES = ["glioma_tumor", "meningioma_tumor", "pituitary_tumor", "normal_brain"]
@@ -30,12 +29,6 @@ def images(tmp_path_factory):
         for i in range(2):
             Image.fromarray(rng.integers(0, 255, (32, 32, 3)).astype(np.uint8)).save(root / name / f"{i}.png")
     return root
-
-
-def run(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def train_args(images, out, *extra):
