@@ -10,7 +10,6 @@ SHA-256), not by its name or path, because Gradio hands handlers a copy of the f
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -18,6 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from dpt_core.data import file_sha256
 from dpt_core.presets import ASSETS_DIR
 
 from . import formatting as fmt
@@ -45,14 +45,6 @@ def examples_markdown(examples: list[dict[str, Any]]) -> str:
             "has no diagnostic meaning.\n\n" + "\n".join(rows))
 
 
-def _sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class ShippedExamples:
     """Recognises the files of ``examples.json`` (PNG and DICOM originals) by content."""
 
@@ -68,7 +60,7 @@ class ShippedExamples:
                 index = {}
                 for f in self._files:
                     try:
-                        index[(f.stat().st_size, _sha256(f))] = f.name
+                        index[(f.stat().st_size, file_sha256(f))] = f.name
                     except OSError:
                         log.warning("example file missing: %s", f.name)
                 self._index = index
@@ -83,6 +75,6 @@ class ShippedExamples:
             size = os.path.getsize(path)
             if not any(s == size for s, _ in index):
                 return None  # most uploads end here, unhashed
-            return index.get((size, _sha256(path)))
+            return index.get((size, file_sha256(path)))
         except OSError:
             return None
